@@ -1,0 +1,1 @@
+//! EasyPost-style carrier adapter.
