@@ -3,7 +3,10 @@
 //! (`import -> reserve -> split -> rate -> render -> purchase -> commit`).
 
 pub mod address;
+pub mod allocation;
 pub mod carrier;
 pub mod channel;
 pub mod error;
+pub mod packing;
+pub mod pdf;
 pub mod rate_choice;
