@@ -1,0 +1,61 @@
+//! What the sandbox counts, so that tests can prove Conveyor's promises from the
+//! outside: no label bought twice (`labels_per_reference`), nothing fulfilled beyond
+//! what was ordered (`fulfilled_per_line` against `ordered_per_line`), and how hard
+//! each endpoint was hit (`requests`). Served as JSON by `GET /_sandbox/stats`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Counters kept by the sandbox. Every field defaults so that a client built against
+/// this version still deserializes a newer sandbox's stats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stats {
+    /// Orders generated (backlog, over time and `add_orders`).
+    pub orders_created: u64,
+    /// Orders cancelled through the sandbox control API.
+    pub orders_cancelled: u64,
+    /// Orders edited (a line's quantity raised) through the sandbox control API.
+    pub orders_edited: u64,
+    /// Labels sold in total (one per successful buy, refunds do not subtract).
+    pub labels_sold: u64,
+    /// Labels sold per carrier shipment id (`shp_...`).
+    pub labels_per_shipment: BTreeMap<String, u32>,
+    /// Labels sold per shipment `reference` (Conveyor sends its package id there).
+    /// Shipments created without a reference are not listed.
+    pub labels_per_reference: BTreeMap<String, u32>,
+    /// Buys refused because the shipment already had postage.
+    pub duplicate_purchase_attempts: u64,
+    /// Buys that sold a label and then answered late on purpose (fault injection).
+    pub purchase_timeouts: u64,
+    /// Refunds accepted.
+    pub refunds: u64,
+    /// Carrier shipments created.
+    pub shipments_created: u64,
+    /// Shipments refused because the destination address was rejected.
+    pub addresses_rejected: u64,
+    /// Successful `fulfillmentCreate` calls.
+    pub fulfillments_created: u64,
+    /// Quantity fulfilled per LineItem gid.
+    pub fulfilled_per_line: BTreeMap<String, u32>,
+    /// Quantity ordered per LineItem gid.
+    pub ordered_per_line: BTreeMap<String, u32>,
+    /// `fulfillmentCreate` calls refused because they asked for more than remained
+    /// (including a fulfillment order that was already closed).
+    pub over_fulfillment_attempts: u64,
+    /// GraphQL requests refused with `THROTTLED` or `MAX_COST_EXCEEDED`.
+    pub throttled_requests: u64,
+    /// Requests answered with an injected 5xx or 429.
+    pub injected_faults: u64,
+    /// Requests per endpoint: `"<METHOD> <route>"` for every HTTP route (for example
+    /// `"POST /v2/shipments/{id}/buy"`), plus `"graphql <rootField>"` per GraphQL
+    /// root field executed (for example `"graphql orders"`).
+    pub requests: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    pub(crate) fn count_request(&mut self, key: String) {
+        *self.requests.entry(key).or_default() += 1;
+    }
+}
