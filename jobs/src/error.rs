@@ -157,12 +157,14 @@ impl From<sqlx::Error> for JobError {
     /// is wrong (a violated constraint will be violated again).
     fn from(e: sqlx::Error) -> Self {
         let class = match &e {
-            sqlx::Error::Database(db) if db.is_check_violation() || db.is_foreign_key_violation() => {
+            sqlx::Error::Database(db)
+                if db.is_check_violation() || db.is_foreign_key_violation() =>
+            {
                 ErrorClass::Permanent
             }
-            sqlx::Error::RowNotFound | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
-                ErrorClass::Permanent
-            }
+            sqlx::Error::RowNotFound
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_) => ErrorClass::Permanent,
             _ => ErrorClass::Retryable,
         };
         JobError::new(class, format!("database: {e}"))

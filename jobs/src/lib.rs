@@ -1,12 +1,36 @@
 //! Conveyor's library: the domain, the store, the channel and carrier
 //! adapters, and the seven job handlers of the fulfillment pipeline
 //! (`import -> reserve -> split -> rate -> render -> purchase -> commit`).
+//!
+//! Each job's module holds its payload, its idempotency key and its
+//! handler; `runner` runs them on their queues and maps their errors onto
+//! retries and dead letters in one place.
 
 pub mod address;
 pub mod allocation;
 pub mod carrier;
+pub mod catalog;
 pub mod channel;
+pub mod commit;
+pub mod db;
+pub mod dead_letter;
 pub mod error;
+pub mod import;
+pub mod metrics;
+pub mod ops_http;
+pub mod package;
 pub mod packing;
 pub mod pdf;
+pub mod process;
+pub mod purchase;
+pub mod queue;
+pub mod rate;
 pub mod rate_choice;
+pub mod render;
+pub mod reserve;
+pub mod runner;
+pub mod scheduler;
+pub mod settings;
+pub mod split;
+pub mod state;
+pub mod stats;

@@ -217,7 +217,7 @@ impl CarrierApi for EasyPostClient {
         if shipment.postage.is_none() {
             return Err(unknown("its answer carries no postage".to_string()));
         }
-        Ok(BuyOutcome::Bought(shipment))
+        Ok(BuyOutcome::Bought(Box::new(shipment)))
     }
 
     async fn refund(&self, shipment_id: &str) -> Result<CarrierShipment, ApiError> {

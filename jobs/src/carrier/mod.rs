@@ -66,7 +66,7 @@ pub struct CarrierShipment {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum BuyOutcome {
-    Bought(CarrierShipment),
+    Bought(Box<CarrierShipment>),
     /// The carrier refused because the shipment already has postage: look it
     /// up and adopt it.
     PostageExists,
@@ -74,7 +74,8 @@ pub enum BuyOutcome {
 
 #[async_trait]
 pub trait CarrierApi: Send + Sync {
-    async fn create_shipment(&self, request: &ShipmentRequest) -> Result<CarrierShipment, ApiError>;
+    async fn create_shipment(&self, request: &ShipmentRequest)
+    -> Result<CarrierShipment, ApiError>;
     async fn get_shipment(&self, shipment_id: &str) -> Result<CarrierShipment, ApiError>;
     async fn buy(&self, shipment_id: &str, rate_id: &str) -> Result<BuyOutcome, ApiError>;
     async fn refund(&self, shipment_id: &str) -> Result<CarrierShipment, ApiError>;

@@ -16,6 +16,16 @@ use serde::{Deserialize, Serialize};
 use crate::address::Address;
 use crate::error::ApiError;
 
+/// Which marketplace API a channel speaks (`channel_kind` in the schema).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "channel_kind", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Shopify,
+    Amazon,
+    Ebay,
+}
+
 /// One order as the channel describes it, already parsed and validated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelOrder {
@@ -86,7 +96,9 @@ pub struct FulfillmentRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FulfillmentOutcome {
-    Created { fulfillment_id: String },
+    Created {
+        fulfillment_id: String,
+    },
     /// The channel already holds this fulfillment (a retry after the push
     /// went through): done, not an error.
     AlreadyFulfilled,

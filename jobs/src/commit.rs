@@ -1,0 +1,162 @@
+//! The commit job: ship the order.
+//!
+//! Key: order + version. Runs once every package of the order has its label.
+//! For each package not yet pushed, it pushes a fulfillment with that
+//! package's lines and tracking number to the channel and records the push
+//! (a channel that already holds the fulfillment counts as done, so a retry
+//! after a crash between the push and the record never fulfils twice). Then,
+//! in one transaction, it commits the order's held reservations (stock
+//! leaves `on_hand` and `reserved` together) and marks the order shipped.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel::{FulfillmentLine, FulfillmentOutcome, FulfillmentRequest};
+use crate::error::JobError;
+use crate::queue::{NewJob, Queue};
+use crate::runner::Deps;
+use crate::state::OrderState;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitJob {
+    pub order_id: i64,
+    pub version: i32,
+}
+
+impl CommitJob {
+    pub fn key(&self) -> String {
+        format!("order:{}:v{}", self.order_id, self.version)
+    }
+
+    pub fn to_job(&self) -> NewJob {
+        NewJob::new(Queue::Commit, self.key(), self)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct PushRow {
+    package_id: i64,
+    carrier: String,
+    tracking_code: String,
+    line_external_id: String,
+    fulfillment_ref: Option<serde_json::Value>,
+    quantity: i32,
+}
+
+pub async fn run(deps: &Deps, job: CommitJob) -> Result<(), JobError> {
+    let pool = &deps.pool;
+    let order: Option<(OrderState, i32, String, String)> = sqlx::query_as(
+        "SELECT o.state, o.version, o.external_id, c.code FROM orders o JOIN channels c ON c.id = o.channel_id WHERE o.id = $1",
+    )
+    .bind(job.order_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((state, version, external_id, channel)) = order else {
+        return Err(JobError::permanent(format!(
+            "order {} does not exist",
+            job.order_id
+        )));
+    };
+    if version != job.version || state != OrderState::Labelled {
+        return Ok(());
+    }
+    let api = deps.channel(&channel)?.clone();
+
+    let rows: Vec<PushRow> = sqlx::query_as(
+        "SELECT p.id AS package_id, lb.carrier, lb.tracking_code,
+                l.external_id AS line_external_id, l.fulfillment_ref, i.quantity
+         FROM packages p
+         JOIN labels lb ON lb.package_id = p.id AND lb.state = 'purchased'
+         JOIN package_items i ON i.package_id = p.id
+         JOIN order_lines l ON l.id = i.order_line_id
+         WHERE p.order_id = $1 AND p.order_version = $2
+           AND NOT EXISTS (SELECT 1 FROM fulfillments f WHERE f.package_id = p.id)
+         ORDER BY p.id, l.id",
+    )
+    .bind(job.order_id)
+    .bind(version)
+    .fetch_all(pool)
+    .await?;
+    let mut pushes: BTreeMap<i64, FulfillmentRequest> = BTreeMap::new();
+    for row in rows {
+        let request = pushes
+            .entry(row.package_id)
+            .or_insert_with(|| FulfillmentRequest {
+                order_external_id: external_id.clone(),
+                lines: Vec::new(),
+                carrier: row.carrier.clone(),
+                tracking_number: row.tracking_code.clone(),
+                tracking_url: None,
+                notify_customer: true,
+            });
+        request.lines.push(FulfillmentLine {
+            line_external_id: row.line_external_id,
+            fulfillment_ref: row.fulfillment_ref,
+            quantity: row.quantity as u32,
+        });
+    }
+    for (package_id, request) in pushes {
+        let outcome = api.create_fulfillment(&request).await?;
+        let fulfillment_id = match outcome {
+            FulfillmentOutcome::Created { fulfillment_id } => Some(fulfillment_id),
+            FulfillmentOutcome::AlreadyFulfilled => {
+                tracing::info!(
+                    order_id = job.order_id,
+                    package_id,
+                    "channel already holds this fulfillment"
+                );
+                None
+            }
+        };
+        sqlx::query(
+            "INSERT INTO fulfillments (package_id, order_id, external_id) VALUES ($1, $2, $3)
+             ON CONFLICT (package_id) DO NOTHING",
+        )
+        .bind(package_id)
+        .bind(job.order_id)
+        .bind(fulfillment_id)
+        .execute(pool)
+        .await?;
+    }
+
+    let mut tx = pool.begin().await?;
+    let state: OrderState = sqlx::query_scalar("SELECT state FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(job.order_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if state != OrderState::Labelled {
+        return Ok(());
+    }
+    let held: Vec<(i64, String, String, i32)> = sqlx::query_as(
+        "SELECT id, sku, warehouse, quantity FROM reservations WHERE order_id = $1 AND state = 'held'
+         ORDER BY sku, warehouse",
+    )
+    .bind(job.order_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (_, sku, warehouse, quantity) in &held {
+        sqlx::query(
+            "UPDATE stock SET on_hand = on_hand - $3, reserved = reserved - $3, updated_at = now()
+             WHERE sku = $1 AND warehouse = $2",
+        )
+        .bind(sku)
+        .bind(warehouse)
+        .bind(quantity)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("UPDATE reservations SET state = 'committed', settled_at = now() WHERE order_id = $1 AND state = 'held'")
+        .bind(job.order_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE orders SET state = 'shipped', shipped_at = now(), updated_at = now() WHERE id = $1",
+    )
+    .bind(job.order_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(order_id = job.order_id, "order shipped");
+    Ok(())
+}

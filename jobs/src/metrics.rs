@@ -1,0 +1,144 @@
+//! Prometheus metrics for the worker and the scheduler.
+//!
+//! Counters and histograms are updated as jobs run; gauges that describe the
+//! database (queue depth by state, orders by state, open dead letters) are
+//! read from Postgres when `/metrics` is scraped, so every process reports
+//! the same truth.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use sqlx::PgPool;
+
+use crate::error::JobError;
+use crate::queue::Queue;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    jobs: IntCounterVec,
+    job_seconds: HistogramVec,
+    dead_letters: IntCounterVec,
+    queue_depth: IntGaugeVec,
+    orders: IntGaugeVec,
+    open_dead_letters: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let jobs = IntCounterVec::new(
+            Opts::new("conveyor_jobs_total", "Jobs run, by queue and outcome"),
+            &["queue", "outcome"],
+        )
+        .expect("valid metric");
+        let job_seconds = HistogramVec::new(
+            HistogramOpts::new("conveyor_job_duration_seconds", "Job run time, by queue").buckets(
+                vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ],
+            ),
+            &["queue"],
+        )
+        .expect("valid metric");
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "conveyor_dead_letters_total",
+                "Jobs dead-lettered by this process, by queue",
+            ),
+            &["queue"],
+        )
+        .expect("valid metric");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "conveyor_queue_jobs",
+                "Jobs in the queue, by queue and state",
+            ),
+            &["queue", "state"],
+        )
+        .expect("valid metric");
+        let orders = IntGaugeVec::new(Opts::new("conveyor_orders", "Orders by state"), &["state"])
+            .expect("valid metric");
+        let open_dead_letters = IntGaugeVec::new(
+            Opts::new(
+                "conveyor_dead_letters_open",
+                "Dead letters waiting for review, by queue",
+            ),
+            &["queue"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(job_seconds.clone()),
+            Box::new(dead_letters.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(orders.clone()),
+            Box::new(open_dead_letters.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            jobs,
+            job_seconds,
+            dead_letters,
+            queue_depth,
+            orders,
+            open_dead_letters,
+        }
+    }
+
+    pub fn observe_job(&self, queue: Queue, result: &Result<(), JobError>, took: Duration) {
+        let outcome = match result {
+            Ok(()) => "ok",
+            Err(e) => e.class.as_str(),
+        };
+        self.jobs.with_label_values(&[queue.name(), outcome]).inc();
+        self.job_seconds
+            .with_label_values(&[queue.name()])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn dead_lettered(&self, queue: Queue) {
+        self.dead_letters.with_label_values(&[queue.name()]).inc();
+    }
+
+    /// Refreshes the database gauges and renders the text exposition.
+    pub async fn render(&self, pool: &PgPool) -> String {
+        let stats = crate::stats::collect(pool).await;
+        match stats {
+            Ok(stats) => {
+                self.queue_depth.reset();
+                for (queue, states) in &stats.jobs {
+                    for (state, n) in states {
+                        self.queue_depth
+                            .with_label_values(&[queue.as_str(), state.as_str()])
+                            .set(*n);
+                    }
+                }
+                self.orders.reset();
+                for (state, n) in &stats.orders {
+                    self.orders.with_label_values(&[state.as_str()]).set(*n);
+                }
+                self.open_dead_letters.reset();
+                for (queue, n) in &stats.dead_letters {
+                    self.open_dead_letters
+                        .with_label_values(&[queue.as_str()])
+                        .set(*n);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: database gauges not refreshed"),
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

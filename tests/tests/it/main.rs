@@ -1,0 +1,5 @@
+//! One test binary for the workspace-level tests (one link, one `spawn_app`).
+
+mod idempotency;
+mod pipeline;
+mod support;

@@ -1,0 +1,189 @@
+//! `spawn_app()`: a fresh database, the sandbox on a free port, the example
+//! catalog, warehouses and stock loaded, and (on request) a scheduler and a
+//! worker running in this process against them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conveyor_jobs::catalog::{LoadKind, load_file};
+use conveyor_jobs::channel::ChannelKind;
+use conveyor_jobs::queue::Queue;
+use conveyor_jobs::runner::{self, Deps};
+use conveyor_jobs::settings::{ChannelSettings, Settings};
+use conveyor_sandbox::{Sandbox, SandboxConfig};
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const CHANNEL: &str = "shop";
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn example(name: &str) -> PathBuf {
+    workspace_root().join("examples").join(name)
+}
+
+fn server_url() -> String {
+    std::env::var("CONVEYOR_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+pub struct TestApp {
+    pub pool: PgPool,
+    pub sandbox: Sandbox,
+    pub settings: Settings,
+    pub deps: Arc<Deps>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct AppOptions {
+    pub orders: usize,
+    pub seed: u64,
+    pub weight_cap_g: u32,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            orders: 0,
+            seed: 7,
+            weight_cap_g: 18_000,
+        }
+    }
+}
+
+/// Starts everything except the scheduler and the worker.
+pub async fn spawn_app(options: AppOptions) -> TestApp {
+    let url = conveyor_jobs::db::fresh_database(&server_url(), "conveyor_test")
+        .await
+        .expect("a fresh test database");
+    let catalog =
+        conveyor_sandbox::read_catalog_csv(&example("catalog.csv")).expect("example catalog");
+    let sandbox_config = SandboxConfig {
+        seed: options.seed,
+        orders: options.orders,
+        catalog,
+        ..SandboxConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let sandbox = Sandbox::start(sandbox_config.clone(), listener)
+        .await
+        .expect("sandbox starts");
+
+    let mut settings = Settings::load(None).expect("default settings");
+    settings.database.url = url;
+    settings.database.max_connections = 16;
+    settings.channels = vec![ChannelSettings {
+        code: CHANNEL.into(),
+        kind: ChannelKind::Shopify,
+        base_url: sandbox.base_url(),
+        token: SecretString::from(sandbox_config.shop_token.clone()),
+        timeout_ms: 10_000,
+    }];
+    settings.carrier.base_url = sandbox.base_url();
+    settings.carrier.api_key = SecretString::from(sandbox_config.carrier_key.clone());
+    settings.scheduler.tick_secs = 1;
+    settings.worker.heartbeat_secs = 2;
+    settings.worker.poll_interval_ms = 50;
+    settings.pipeline.package_weight_cap_g = options.weight_cap_g;
+
+    let deps = Deps::from_settings(&settings).await.expect("dependencies");
+    let pool = deps.pool.clone();
+    runner::register_channels(&pool, &settings)
+        .await
+        .expect("channels registered");
+    for (kind, file) in [
+        (LoadKind::Catalog, "catalog.csv"),
+        (LoadKind::Warehouses, "warehouses.csv"),
+        (LoadKind::Stock, "stock.csv"),
+    ] {
+        load_file(&pool, kind, &example(file), "test")
+            .await
+            .expect("example data loads");
+    }
+    let (stop, _) = watch::channel(false);
+    TestApp {
+        pool,
+        sandbox,
+        settings,
+        deps,
+        stop,
+        tasks: Vec::new(),
+    }
+}
+
+impl TestApp {
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Starts a worker running every queue, in this process.
+    pub fn start_worker(&mut self) {
+        let stopped = self.stopped();
+        self.tasks.push(tokio::spawn(runner::run(
+            self.deps.clone(),
+            Queue::ALL.to_vec(),
+            stopped,
+        )));
+    }
+
+    pub fn start_scheduler(&mut self) {
+        let stopped = self.stopped();
+        let (pool, settings) = (self.pool.clone(), self.settings.clone());
+        self.tasks.push(tokio::spawn(conveyor_jobs::scheduler::run(
+            pool, settings, stopped,
+        )));
+    }
+
+    /// Waits until every order the sandbox created is imported and no job
+    /// is waiting or running, three polls in a row. Panics after `limit`.
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut quiet = 0;
+        loop {
+            let created = self.sandbox.stats().orders_created as i64;
+            let imported: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            let unfinished = conveyor_jobs::stats::unfinished_jobs(&self.pool)
+                .await
+                .unwrap();
+            quiet = if imported >= created && unfinished == 0 {
+                quiet + 1
+            } else {
+                0
+            };
+            if quiet >= 3 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pipeline not quiet after {limit:?}: {imported}/{created} orders imported, {unfinished} jobs unfinished"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await.expect("task joins").expect("task ends cleanly");
+        }
+        self.sandbox.shutdown().await;
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+}
