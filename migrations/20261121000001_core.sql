@@ -51,6 +51,10 @@ CREATE TABLE channels (
     -- fetched by the next import. NULL: never imported.
     cursor         TIMESTAMPTZ,
     last_import_at TIMESTAMPTZ,
+    -- One import per channel at a time across the fleet: an import holds
+    -- this lease (renewed per page) and a crashed one's lease runs out.
+    import_lease_until TIMESTAMPTZ,
+    import_lease_by    TEXT,
     created_at     TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 

@@ -61,6 +61,55 @@ pub async fn run(deps: &Deps, job: ImportJob) -> Result<ImportReport, JobError> 
             job.channel
         )));
     };
+    // One import per channel at a time across the fleet: overlapping imports
+    // would fetch the same pages twice and spend the channel's rate budget.
+    let holder = format!("{}:{}", job.key(), ulid::Ulid::generate());
+    if !take_lease(&deps.pool, channel_id, &holder).await? {
+        tracing::info!(channel = %job.channel, "another import of this channel is running; this tick is skipped");
+        return Ok(ImportReport::default());
+    }
+    let result = import_pages(deps, api.as_ref(), &job, channel_id, cursor, &holder).await;
+    let released = sqlx::query(
+        "UPDATE channels SET import_lease_until = NULL, import_lease_by = NULL WHERE id = $1 AND import_lease_by = $2",
+    )
+    .bind(channel_id)
+    .bind(&holder)
+    .execute(&deps.pool)
+    .await;
+    if let Err(e) = released {
+        // The lease runs out by itself; the next import only waits for that.
+        tracing::warn!(error = %e, "import lease not released");
+    }
+    let report = result?;
+    tracing::info!(channel = %job.channel, ?report, "import finished");
+    Ok(report)
+}
+
+/// How long an import's lease lasts without renewal (renewed every page).
+const LEASE_SECS: i64 = 60;
+
+async fn take_lease(pool: &PgPool, channel_id: i64, holder: &str) -> Result<bool, sqlx::Error> {
+    let taken = sqlx::query(
+        "UPDATE channels SET import_lease_until = now() + make_interval(secs => $3), import_lease_by = $2
+         WHERE id = $1 AND (import_lease_until IS NULL OR import_lease_until < now() OR import_lease_by = $2)",
+    )
+    .bind(channel_id)
+    .bind(holder)
+    .bind(LEASE_SECS as f64)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(taken == 1)
+}
+
+async fn import_pages(
+    deps: &Deps,
+    api: &dyn crate::channel::ChannelApi,
+    job: &ImportJob,
+    channel_id: i64,
+    cursor: Option<DateTime<Utc>>,
+    holder: &str,
+) -> Result<ImportReport, JobError> {
     let overlap = ChronoDuration::seconds(deps.settings.scheduler.overlap_secs as i64);
     let since = cursor
         .map(|c| c - overlap)
@@ -70,7 +119,8 @@ pub async fn run(deps: &Deps, job: ImportJob) -> Result<ImportReport, JobError> 
     let mut report = ImportReport::default();
     let mut after: Option<String> = None;
     loop {
-        let page = api.orders_page(since, after.as_deref(), page_size).await?;
+        let page =
+            crate::in_call::read(|| api.orders_page(since, after.as_deref(), page_size)).await?;
         report.pages += 1;
         let mut tx = deps.pool.begin().await?;
         let mut newest: Option<DateTime<Utc>> = None;
@@ -94,13 +144,24 @@ pub async fn run(deps: &Deps, job: ImportJob) -> Result<ImportReport, JobError> 
             report.rejected_orders += 1;
         }
         enqueue(&mut tx, &jobs).await?;
-        sqlx::query(
-            "UPDATE channels SET cursor = GREATEST(cursor, $2), last_import_at = now() WHERE id = $1",
+        let still_ours = sqlx::query(
+            "UPDATE channels SET cursor = GREATEST(cursor, $2), last_import_at = now(),
+                    import_lease_until = now() + make_interval(secs => $4)
+             WHERE id = $1 AND import_lease_by = $3",
         )
         .bind(channel_id)
         .bind(newest.unwrap_or(since.max(cursor.unwrap_or(since))))
+        .bind(holder)
+        .bind(LEASE_SECS as f64)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if still_ours == 0 {
+            // Our lease ran out and another import took over: leave this
+            // page to it rather than import concurrently.
+            tracing::warn!(channel = %job.channel, "import lease lost; stopping");
+            return Ok(report);
+        }
         tx.commit().await?;
         match page.next_page {
             Some(next) if !page.orders.is_empty() || !page.rejected.is_empty() => {
@@ -109,7 +170,6 @@ pub async fn run(deps: &Deps, job: ImportJob) -> Result<ImportReport, JobError> 
             _ => break,
         }
     }
-    tracing::info!(channel = %job.channel, ?report, "import finished");
     Ok(report)
 }
 

@@ -16,6 +16,7 @@ pub mod db;
 pub mod dead_letter;
 pub mod error;
 pub mod import;
+pub mod in_call;
 pub mod metrics;
 pub mod ops_http;
 pub mod package;

@@ -107,7 +107,9 @@ pub async fn run(
             let earlier = if created {
                 None
             } else {
-                carrier.get_shipment(&shipment_id).await?.postage
+                crate::in_call::read(|| carrier.get_shipment(&shipment_id))
+                    .await?
+                    .postage
             };
             let postage = match earlier {
                 Some(postage) => {
@@ -138,7 +140,7 @@ pub async fn run(
     };
     drop(conn);
 
-    let label_pdf = carrier.fetch_label(&label_url).await?;
+    let label_pdf = crate::in_call::read(|| carrier.fetch_label(&label_url)).await?;
     let mut tx = pool.begin().await?;
     let (order_id, order_version): (i64, i32) =
         sqlx::query_as("SELECT order_id, order_version FROM packages WHERE id = $1")

@@ -177,7 +177,7 @@ listen = "127.0.0.1:9464"
 
 [scheduler]
 tick_secs = 10
-overlap_secs = 300
+overlap_secs = 15
 page_size = 100
 listen = "127.0.0.1:9465"
 

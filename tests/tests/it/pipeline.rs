@@ -191,16 +191,21 @@ async fn a_backlog_flows_to_print_ready_labels_with_one_label_per_package_and_ba
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_restock_ships_backordered_orders_oldest_first() {
+async fn a_restock_serves_the_oldest_backordered_order_first() {
     let mut app = spawn_app(AppOptions {
-        orders: 320,
+        orders: 120,
         seed: 11,
         ..AppOptions::default()
     })
     .await;
+    // Hold back stock so that orders wait.
+    sqlx::query("UPDATE stock SET on_hand = on_hand / 4")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     app.start_scheduler();
     app.start_worker();
-    app.drain(Duration::from_secs(420)).await;
+    app.drain(Duration::from_secs(300)).await;
     let backordered: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM orders WHERE state = 'backordered' ORDER BY created_at, id",
     )
@@ -208,33 +213,66 @@ async fn a_restock_ships_backordered_orders_oldest_first() {
     .await
     .unwrap();
     assert!(
-        !backordered.is_empty(),
+        backordered.len() >= 2,
         "limited stock leaves orders waiting"
     );
+    let oldest = backordered[0];
 
+    // Restock exactly what the oldest backordered order still lacks: the
+    // oldest must take it all, and nobody younger may get any of it.
+    let lacking: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT l.sku, sum(l.quantity - COALESCE((SELECT sum(r.quantity) FROM reservations r
+                                                  WHERE r.order_line_id = l.id AND r.state = 'held'), 0))::bigint
+         FROM order_lines l WHERE l.order_id = $1 GROUP BY l.sku
+         HAVING sum(l.quantity - COALESCE((SELECT sum(r.quantity) FROM reservations r
+                                          WHERE r.order_line_id = l.id AND r.state = 'held'), 0)) > 0",
+    )
+    .bind(oldest)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(!lacking.is_empty());
+    let mut csv = String::from("sku,warehouse,quantity\n");
+    for (sku, units) in &lacking {
+        csv.push_str(&format!("{sku},CMH,{units}\n"));
+    }
+    let file = std::env::temp_dir().join(format!(
+        "conveyor-restock-{oldest}-{}.csv",
+        std::process::id()
+    ));
+    std::fs::write(&file, csv).unwrap();
     let report = conveyor_jobs::catalog::load_file(
         &app.pool,
         conveyor_jobs::catalog::LoadKind::Restock,
-        &crate::support::example("restock.csv"),
+        &file,
         "test",
     )
     .await
     .expect("restock loads");
-    assert!(report.orders_resumed > 0, "the restock resumed orders");
-    app.drain(Duration::from_secs(300)).await;
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(
+        report.orders_resumed, 1,
+        "exactly one order became fully reserved"
+    );
+    app.drain(Duration::from_secs(120)).await;
 
-    let states: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT id, state::text FROM orders WHERE id = ANY($1) ORDER BY created_at, id",
+    let state: String = sqlx::query_scalar("SELECT state::text FROM orders WHERE id = $1")
+        .bind(oldest)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "shipped", "the oldest backordered order shipped");
+    let still_waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE id = ANY($1) AND state = 'backordered'",
     )
-    .bind(&backordered)
-    .fetch_all(&app.pool)
+    .bind(&backordered[1..])
+    .fetch_one(&app.pool)
     .await
     .unwrap();
-    let shipped: Vec<bool> = states.iter().map(|(_, s)| s == "shipped").collect();
-    assert!(shipped.iter().any(|s| *s), "restocked orders shipped");
-    // Oldest first: an order still waiting is never older than one that
-    // shipped on this restock unless it needs units nobody restocked; the
-    // oldest backordered order shipped.
-    assert!(shipped[0], "the oldest backordered order is served first");
+    assert_eq!(
+        still_waiting as usize,
+        backordered.len() - 1,
+        "younger orders got none of it"
+    );
     app.shutdown().await;
 }

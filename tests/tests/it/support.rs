@@ -11,7 +11,7 @@ use conveyor_jobs::channel::ChannelKind;
 use conveyor_jobs::queue::Queue;
 use conveyor_jobs::runner::{self, Deps};
 use conveyor_jobs::settings::{ChannelSettings, Settings};
-use conveyor_sandbox::{Sandbox, SandboxConfig};
+use conveyor_sandbox::{Sandbox, SandboxConfig, ShopifyLimits};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -59,6 +59,7 @@ impl Default for AppOptions {
 
 /// Starts everything except the scheduler and the worker.
 pub async fn spawn_app(options: AppOptions) -> TestApp {
+    conveyor_jobs::process::init_tracing();
     let url = conveyor_jobs::db::fresh_database(&server_url(), "conveyor_test")
         .await
         .expect("a fresh test database");
