@@ -65,7 +65,16 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
         .expect("a fresh test database");
     let catalog =
         conveyor_sandbox::read_catalog_csv(&example("catalog.csv")).expect("example catalog");
+    // Shopify Plus's cost limits (a 20,000-point bucket refilling at 1,000
+    // points/s): the standard plan's would make the backlog tests wait on
+    // the throttle rather than exercise the pipeline.
+    let shopify_limits = ShopifyLimits {
+        bucket_size: 20_000.0,
+        restore_rate: 1_000.0,
+        ..ShopifyLimits::default()
+    };
     let sandbox_config = SandboxConfig {
+        shopify_limits,
         seed: options.seed,
         orders: options.orders,
         catalog,
