@@ -12,7 +12,7 @@ use conveyor_jobs::queue::Queue;
 use conveyor_jobs::runner::dispatch;
 use serde_json::Value;
 
-use crate::support::{AppOptions, CHANNEL, TestApp, spawn_app};
+use conveyor_tests::{AppOptions, CHANNEL, TestApp, spawn_app};
 
 /// Everything a job could change, as comparable text.
 async fn snapshot(app: &TestApp) -> BTreeMap<String, Value> {

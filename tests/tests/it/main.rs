@@ -2,4 +2,3 @@
 
 mod idempotency;
 mod pipeline;
-mod support;

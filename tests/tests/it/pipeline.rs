@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use conveyor_jobs::pdf::page_texts;
 
-use crate::support::{AppOptions, spawn_app};
+use conveyor_tests::{AppOptions, spawn_app};
 
 const ORDERS: usize = 320;
 
