@@ -197,7 +197,13 @@ async fn handle(
     };
     let started = Instant::now();
     let attempt = attempt.current();
-    let span = tracing::info_span!("job", job_id = %task_id, %queue, attempt);
+    // Order and package ids go on every log line of the job when the payload
+    // names them; payloads carry ids only, never personal data.
+    let order_id = payload.get("order_id").and_then(serde_json::Value::as_i64);
+    let package_id = payload
+        .get("package_id")
+        .and_then(serde_json::Value::as_i64);
+    let span = tracing::info_span!("job", job_id = %task_id, %queue, attempt, order_id, package_id);
     async move {
         let result = dispatch(&deps, queue, payload).await;
         deps.metrics.observe_job(queue, &result, started.elapsed());

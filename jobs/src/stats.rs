@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::state::{OrderState, PackageState};
+use crate::state::{JobState, OrderState, PackageState};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
@@ -53,13 +53,19 @@ pub async fn collect(pool: &PgPool) -> Result<Stats, sqlx::Error> {
     stats
         .packages
         .extend(rows.into_iter().map(|(s, n)| (s.to_string(), n)));
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT job_type, lower(status), count(*) FROM apalis.jobs GROUP BY job_type, lower(status)",
+    // apalis stores statuses as text; the cast to `job_state` fails loudly
+    // on a status this code does not know rather than reporting it as text.
+    let rows: Vec<(String, JobState, i64)> = sqlx::query_as(
+        "SELECT job_type, lower(status)::job_state, count(*) FROM apalis.jobs GROUP BY 1, 2",
     )
     .fetch_all(pool)
     .await?;
     for (queue, state, n) in rows {
-        stats.jobs.entry(queue).or_default().insert(state, n);
+        stats
+            .jobs
+            .entry(queue)
+            .or_default()
+            .insert(state.to_string(), n);
     }
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT queue, count(*) FROM dead_letters WHERE state = 'open' GROUP BY queue",
