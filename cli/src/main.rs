@@ -11,7 +11,7 @@
 //! conveyor labels export --dir out/labels
 //! ```
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -217,6 +217,9 @@ async fn watch(pool: &PgPool, until_quiet: bool, timeout_secs: u64) -> anyhow::R
     let status = bars.add(ProgressBar::new_spinner());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
     let mut quiet_polls = 0;
+    let plain = !std::io::stderr().is_terminal();
+    let mut polls = 0u64;
+    let mut last_line;
     loop {
         let s = stats::collect(pool).await?;
         let total: i64 = s.orders.values().sum();
@@ -226,16 +229,26 @@ async fn watch(pool: &PgPool, until_quiet: bool, timeout_secs: u64) -> anyhow::R
             bar.set_length(total as u64);
             bar.set_position(value as u64);
         }
-        status.set_message(format!(
-            "orders {total}: imported {} reserved {} packed {} backordered {} rejected {} | labels {} | dead letters {}",
+        let line = format!(
+            "orders {total}: imported {} reserved {} packed {} labelled {} shipped {} backordered {} rejected {} | labels {} | dead letters {}",
             get("imported"),
             get("reserved"),
             get("packed"),
+            get("labelled"),
+            get("shipped"),
             get("backordered"),
             get("rejected"),
             s.labels_purchased,
             s.dead_letters.values().sum::<i64>()
-        ));
+        );
+        // Progress bars need a terminal; elsewhere (a log, CI) print the
+        // figures as plain lines every few seconds instead.
+        if plain && polls.is_multiple_of(4) {
+            println!("{line}");
+        }
+        polls += 1;
+        last_line = line.clone();
+        status.set_message(line);
         status.tick();
         let unfinished = stats::unfinished_jobs(pool).await?;
         quiet_polls = if unfinished == 0 && total > 0 {
@@ -258,6 +271,7 @@ async fn watch(pool: &PgPool, until_quiet: bool, timeout_secs: u64) -> anyhow::R
         b.finish();
     }
     status.finish();
+    println!("{last_line}");
     Ok(())
 }
 
