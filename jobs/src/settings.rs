@@ -30,9 +30,13 @@ pub struct Settings {
     #[serde(default)]
     pub channels: Vec<ChannelSettings>,
     pub carrier: CarrierSettings,
-    /// Per-queue overrides: `[queues.purchase] concurrency = 4`.
+    /// Per-queue overrides: `[queues.purchase] concurrency = 4`; whatever a
+    /// queue's table leaves out keeps that queue's default
+    /// ([`Settings::queue`]).
     #[serde(default)]
-    pub queues: BTreeMap<Queue, QueueSettings>,
+    pub queues: BTreeMap<Queue, QueueConfig>,
+    /// The circuit breaker in front of every external API.
+    pub breaker: BreakerSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +48,22 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
     pub url: String,
+    /// Every key Conveyor writes starts with `{prefix}:`, so that several
+    /// fleets (or tests) can share one Redis.
+    pub prefix: String,
+}
+
+/// When the circuit breaker of an external API opens, and for how long.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Consecutive outage failures (5xx, timeouts, connection errors) that
+    /// open the breaker ...
+    pub failures: u32,
+    /// ... when they all fall within this many seconds.
+    pub window_secs: u64,
+    /// How long an open breaker refuses calls before it lets one probe
+    /// through.
+    pub open_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,10 +136,53 @@ fn default_timeout_ms() -> u64 {
     10_000
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+/// A queue's table in the settings file: every key may be left out.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub concurrency: Option<usize>,
+    pub max_attempts: Option<i32>,
+    pub backoff_base_ms: Option<u64>,
+    pub backoff_cap_secs: Option<u64>,
+}
+
+/// A queue's settings, defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueSettings {
+    /// Jobs of this queue one worker runs at once.
     pub concurrency: usize,
+    /// Runs a job may spend on retryable failures before it is
+    /// dead-lettered. Rate-limited runs and runs refused by an open circuit
+    /// breaker do not count.
     pub max_attempts: i32,
+    /// The first retry waits up to this long; each further one up to twice
+    /// as long as the one before ...
+    pub backoff_base_ms: u64,
+    /// ... but never more than this.
+    pub backoff_cap_secs: u64,
+}
+
+impl QueueSettings {
+    /// The built-in settings of `queue`. Jobs that only touch the database
+    /// (reserve, split, render) give up sooner; jobs that wait on a carrier
+    /// or a channel (purchase, commit) keep trying for longer, since an
+    /// order that is paid for should not stop at a few hours of outage.
+    pub fn default_for(queue: Queue) -> QueueSettings {
+        let (concurrency, max_attempts, backoff_base_ms, backoff_cap_secs) = match queue {
+            // A new import is enqueued every tick anyway.
+            Queue::Import => (2, 8, 1_000, 60),
+            Queue::Reserve | Queue::Split | Queue::Render => (8, 10, 500, 120),
+            Queue::Rate => (16, 12, 1_000, 300),
+            Queue::Purchase => (16, 15, 2_000, 600),
+            Queue::Commit => (16, 20, 2_000, 900),
+        };
+        QueueSettings {
+            concurrency,
+            max_attempts,
+            backoff_base_ms,
+            backoff_cap_secs,
+        }
+    }
 }
 
 impl Settings {
@@ -140,16 +203,19 @@ impl Settings {
             .try_deserialize()
     }
 
-    /// The settings of one queue, defaults filled in.
+    /// The settings of one queue: its `[queues.<name>]` table over the
+    /// queue's defaults ([`QueueSettings::default_for`]).
     pub fn queue(&self, queue: Queue) -> QueueSettings {
-        self.queues.get(&queue).copied().unwrap_or(QueueSettings {
-            concurrency: match queue {
-                Queue::Import => 2,
-                Queue::Rate | Queue::Purchase | Queue::Commit => 16,
-                _ => 8,
-            },
-            max_attempts: crate::queue::DEFAULT_MAX_ATTEMPTS,
-        })
+        let d = QueueSettings::default_for(queue);
+        let Some(c) = self.queues.get(&queue) else {
+            return d;
+        };
+        QueueSettings {
+            concurrency: c.concurrency.unwrap_or(d.concurrency),
+            max_attempts: c.max_attempts.unwrap_or(d.max_attempts),
+            backoff_base_ms: c.backoff_base_ms.unwrap_or(d.backoff_base_ms),
+            backoff_cap_secs: c.backoff_cap_secs.unwrap_or(d.backoff_cap_secs),
+        }
     }
 
     pub fn heartbeat(&self) -> Duration {
@@ -165,6 +231,12 @@ max_connections = 20
 
 [redis]
 url = "redis://127.0.0.1:6379"
+prefix = "conveyor"
+
+[breaker]
+failures = 5
+window_secs = 30
+open_secs = 30
 
 [worker]
 name_prefix = "conveyor-worker"
@@ -188,3 +260,72 @@ package_weight_cap_g = 18000
 base_url = "http://127.0.0.1:8090"
 api_key = "sandbox-carrier-key"
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(toml: &str) -> Settings {
+        config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_queue_table_overrides_only_the_keys_it_names() {
+        let s = from_toml("[queues.purchase]\nmax_attempts = 3\nbackoff_cap_secs = 7\n");
+        let purchase = s.queue(Queue::Purchase);
+        let defaults = QueueSettings::default_for(Queue::Purchase);
+        assert_eq!(purchase.max_attempts, 3);
+        assert_eq!(purchase.backoff_cap_secs, 7);
+        assert_eq!(purchase.concurrency, defaults.concurrency);
+        assert_eq!(purchase.backoff_base_ms, defaults.backoff_base_ms);
+        assert_eq!(
+            s.queue(Queue::Rate),
+            QueueSettings::default_for(Queue::Rate)
+        );
+    }
+
+    #[test]
+    fn every_queue_has_a_usable_default() {
+        for queue in Queue::ALL {
+            let q = QueueSettings::default_for(queue);
+            assert!(q.concurrency >= 1, "{queue}");
+            assert!(q.max_attempts >= 2, "{queue}");
+            assert!(q.backoff_base_ms >= 100, "{queue}");
+            assert!(q.backoff_cap_secs * 1000 >= q.backoff_base_ms, "{queue}");
+        }
+    }
+
+    #[test]
+    fn the_breaker_and_redis_prefix_have_defaults() {
+        let s = from_toml("");
+        assert_eq!(
+            s.breaker,
+            BreakerSettings {
+                failures: 5,
+                window_secs: 30,
+                open_secs: 30
+            }
+        );
+        assert_eq!(s.redis.prefix, "conveyor");
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_queue_table_is_refused() {
+        let err = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from_str(
+                "[queues.rate]\nmax_attempt = 3\n",
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .unwrap()
+            .try_deserialize::<Settings>();
+        assert!(err.is_err());
+    }
+}
