@@ -30,6 +30,10 @@ pub enum ErrorClass {
     /// The request may or may not have taken effect (a purchase that timed
     /// out after it was sent): reconcile with the remote side before retrying.
     UnknownOutcome,
+    /// The API's circuit breaker is open, so the call was not made: try
+    /// again once it may have closed (in `retry_in`). Not a failure of the
+    /// job, and not an attempt.
+    CircuitOpen { retry_in: Duration },
 }
 
 impl ErrorClass {
@@ -40,6 +44,23 @@ impl ErrorClass {
             ErrorClass::RateLimited { .. } => "rate_limited",
             ErrorClass::Permanent => "permanent",
             ErrorClass::UnknownOutcome => "unknown_outcome",
+            ErrorClass::CircuitOpen { .. } => "circuit_open",
+        }
+    }
+
+    /// Whether the failure says the API itself is in trouble (down,
+    /// overloaded, unreachable, too slow): what a circuit breaker counts.
+    /// An answer that refuses the request (other 4xx) or asks us to slow
+    /// down (429) comes from an API that works.
+    pub fn is_outage(self, status: Option<u16>) -> bool {
+        match self {
+            // 409 and 425 say "try again", not "down".
+            ErrorClass::Retryable => !matches!(status, Some(409 | 425)),
+            // A call that timed out after it was sent.
+            ErrorClass::UnknownOutcome => true,
+            ErrorClass::RateLimited { .. }
+            | ErrorClass::Permanent
+            | ErrorClass::CircuitOpen { .. } => false,
         }
     }
 }
@@ -202,5 +223,26 @@ mod tests {
         assert_eq!(c(422), ErrorClass::Permanent);
         assert_eq!(c(401), ErrorClass::Permanent);
         assert_eq!(c(404), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn only_server_errors_timeouts_and_lost_connections_count_as_outages() {
+        let outage = |s: u16| {
+            let e = ApiError::from_status("t", s, None, "m");
+            e.class.is_outage(e.status)
+        };
+        assert!(outage(500));
+        assert!(outage(503));
+        assert!(outage(408));
+        assert!(!outage(409), "409 asks to try again");
+        assert!(!outage(429), "rate limiting is not an outage");
+        assert!(!outage(422));
+        assert!(!outage(401));
+        assert!(ErrorClass::Retryable.is_outage(None), "connection errors");
+        assert!(ErrorClass::UnknownOutcome.is_outage(None), "timeouts");
+        let open = ErrorClass::CircuitOpen {
+            retry_in: Duration::from_secs(1),
+        };
+        assert!(!open.is_outage(None));
     }
 }

@@ -23,7 +23,11 @@ fn worth_waiting(err: &ApiError) -> bool {
         ErrorClass::RateLimited { retry_after } => {
             retry_after.is_none_or(|d| d <= MAX_IN_CALL_WAIT)
         }
-        ErrorClass::Permanent | ErrorClass::UnknownOutcome => false,
+        // An open breaker is not worth a worker slot: the job goes back to
+        // the queue until the breaker may close.
+        ErrorClass::Permanent | ErrorClass::UnknownOutcome | ErrorClass::CircuitOpen { .. } => {
+            false
+        }
     }
 }
 
