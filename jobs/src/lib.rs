@@ -29,6 +29,7 @@ pub mod rate;
 pub mod rate_choice;
 pub mod render;
 pub mod reserve;
+pub mod retry;
 pub mod runner;
 pub mod scheduler;
 pub mod settings;
