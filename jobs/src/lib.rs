@@ -8,6 +8,7 @@
 
 pub mod address;
 pub mod allocation;
+pub mod breaker;
 pub mod carrier;
 pub mod catalog;
 pub mod channel;

@@ -14,6 +14,7 @@ use sqlx::PgPool;
 
 use crate::error::JobError;
 use crate::queue::Queue;
+use crate::retry::Deferral;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -24,6 +25,10 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     orders: IntGaugeVec,
     open_dead_letters: IntGaugeVec,
+    breaker_open: IntGaugeVec,
+    breaker_rejected: IntCounterVec,
+    rate_limit_waits: IntCounterVec,
+    deferrals: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -75,6 +80,38 @@ impl Metrics {
             &["queue"],
         )
         .expect("valid metric");
+        let breaker_open = IntGaugeVec::new(
+            Opts::new(
+                "conveyor_breaker_open",
+                "1 while the API's circuit breaker is open or half-open (as this process last saw it), 0 while closed",
+            ),
+            &["api"],
+        )
+        .expect("valid metric");
+        let breaker_rejected = IntCounterVec::new(
+            Opts::new(
+                "conveyor_breaker_rejected_calls_total",
+                "Calls not made because the API's circuit breaker was open, by API",
+            ),
+            &["api"],
+        )
+        .expect("valid metric");
+        let rate_limit_waits = IntCounterVec::new(
+            Opts::new(
+                "conveyor_rate_limit_waits_total",
+                "Answers asking to slow down (429, throttled), each waited out, by API",
+            ),
+            &["api"],
+        )
+        .expect("valid metric");
+        let deferrals = IntCounterVec::new(
+            Opts::new(
+                "conveyor_job_deferrals_total",
+                "Job runs rescheduled without spending an attempt, by queue and reason (rate_limited, circuit_open)",
+            ),
+            &["queue", "reason"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(job_seconds.clone()),
@@ -82,6 +119,10 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(orders.clone()),
             Box::new(open_dead_letters.clone()),
+            Box::new(breaker_open.clone()),
+            Box::new(breaker_rejected.clone()),
+            Box::new(rate_limit_waits.clone()),
+            Box::new(deferrals.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -93,6 +134,10 @@ impl Metrics {
             queue_depth,
             orders,
             open_dead_letters,
+            breaker_open,
+            breaker_rejected,
+            rate_limit_waits,
+            deferrals,
         }
     }
 
@@ -109,6 +154,48 @@ impl Metrics {
 
     pub fn dead_lettered(&self, queue: Queue) {
         self.dead_letters.with_label_values(&[queue.name()]).inc();
+    }
+
+    /// The breaker of `api` as this process saw it last.
+    pub fn set_breaker_open(&self, api: &str, open: bool) {
+        self.breaker_open
+            .with_label_values(&[api])
+            .set(i64::from(open));
+    }
+
+    /// 1 if this process last saw the breaker of `api` open or half-open.
+    pub fn breaker_open(&self, api: &str) -> i64 {
+        self.breaker_open.with_label_values(&[api]).get()
+    }
+
+    pub fn breaker_rejected(&self, api: &str) {
+        self.breaker_rejected.with_label_values(&[api]).inc();
+    }
+
+    /// Calls to `api` this process did not make because its breaker was open.
+    pub fn breaker_rejected_calls(&self, api: &str) -> u64 {
+        self.breaker_rejected.with_label_values(&[api]).get()
+    }
+
+    pub fn rate_limit_wait(&self, api: &str) {
+        self.rate_limit_waits.with_label_values(&[api]).inc();
+    }
+
+    pub fn rate_limit_waits(&self, api: &str) -> u64 {
+        self.rate_limit_waits.with_label_values(&[api]).get()
+    }
+
+    pub fn deferred(&self, queue: Queue, reason: Deferral) {
+        self.deferrals
+            .with_label_values(&[queue.name(), reason.as_str()])
+            .inc();
+    }
+
+    /// Runs of `queue` this process rescheduled for `reason`.
+    pub fn deferrals(&self, queue: Queue, reason: Deferral) -> u64 {
+        self.deferrals
+            .with_label_values(&[queue.name(), reason.as_str()])
+            .get()
     }
 
     /// Refreshes the database gauges and renders the text exposition.
