@@ -4,9 +4,12 @@
 //! A handler returns `Result<(), JobError>`; [`settle`] maps the error class
 //! onto the queue:
 //!
-//! * retryable / unknown outcome / rate limited: the job's `run_at` is moved
-//!   to now + backoff (exponential, full jitter, capped) *in the database*,
-//!   so the delay survives a crash and holds no worker slot;
+//! * retryable / unknown outcome: the job's `run_at` is moved to now +
+//!   backoff (exponential, full jitter, capped, per queue) *in the
+//!   database*, so the delay survives a crash and holds no worker slot;
+//! * rate limited / circuit open: `run_at` is moved to when the API asked
+//!   (Retry-After) or when its circuit breaker may close, and the run is
+//!   recorded as a deferral (`crate::retry`), so it spends no attempt;
 //! * permanent, or out of attempts: the job is recorded in `dead_letters`
 //!   with its raw payload and ends `Killed`, never retried on its own.
 //!
@@ -37,6 +40,7 @@ use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 use tracing::Instrument;
 
+use crate::breaker::Breakers;
 use crate::carrier::CarrierApi;
 use crate::carrier::easypost::EasyPostClient;
 use crate::channel::shopify::ShopifyClient;
@@ -44,32 +48,42 @@ use crate::channel::{ChannelApi, ChannelKind};
 use crate::error::{ErrorClass, JobError};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
-use crate::settings::Settings;
+use crate::retry::Deferral;
+use crate::settings::{QueueSettings, Settings};
 use crate::{commit, import, purchase, rate, render, reserve, split};
 
 /// Everything a handler may need. Each handler takes only the pieces it uses.
 pub struct Deps {
     pub pool: PgPool,
     pub settings: Settings,
-    /// Channel adapters by channel code.
+    /// Channel adapters by channel code, each behind its circuit breaker.
     pub channels: HashMap<String, Arc<dyn ChannelApi>>,
+    /// The carrier adapter, behind its circuit breaker.
     pub carrier: Arc<dyn CarrierApi>,
     pub metrics: Metrics,
+    /// The circuit breakers of the external APIs.
+    pub breakers: Breakers,
 }
 
 impl Deps {
     /// Connects to Postgres, registers the configured channels and builds
-    /// the HTTP adapters from configuration.
+    /// the HTTP adapters from configuration, each behind its circuit
+    /// breaker (`shopify:<code>`, `easypost`). Redis is not needed to start:
+    /// the breakers keep local state while it cannot be reached.
     pub async fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Deps>> {
         let pool =
             crate::db::connect(&settings.database.url, settings.database.max_connections).await?;
+        let metrics = Metrics::new();
+        let breakers = Breakers::from_settings(settings, metrics.clone())?;
         let mut channels: HashMap<String, Arc<dyn ChannelApi>> = HashMap::new();
         for ch in &settings.channels {
             let timeout = Duration::from_millis(ch.timeout_ms);
             let api: Arc<dyn ChannelApi> = match ch.kind {
-                ChannelKind::Shopify => {
-                    Arc::new(ShopifyClient::new(&ch.base_url, ch.token.clone(), timeout)?)
-                }
+                ChannelKind::Shopify => breakers.channel(
+                    "shopify",
+                    &ch.code,
+                    Arc::new(ShopifyClient::new(&ch.base_url, ch.token.clone(), timeout)?),
+                ),
                 other => anyhow::bail!(
                     "channel {:?}: the {other:?} adapter is not available yet; configure a shopify channel",
                     ch.code
@@ -77,17 +91,21 @@ impl Deps {
             };
             channels.insert(ch.code.clone(), api);
         }
-        let carrier = Arc::new(EasyPostClient::new(
-            &settings.carrier.base_url,
-            settings.carrier.api_key.clone(),
-            Duration::from_millis(settings.carrier.timeout_ms),
-        )?);
+        let carrier = breakers.carrier(
+            "easypost",
+            Arc::new(EasyPostClient::new(
+                &settings.carrier.base_url,
+                settings.carrier.api_key.clone(),
+                Duration::from_millis(settings.carrier.timeout_ms),
+            )?),
+        );
         Ok(Arc::new(Deps {
             pool,
             settings: settings.clone(),
             channels,
             carrier,
-            metrics: Metrics::new(),
+            metrics,
+            breakers,
         }))
     }
 
@@ -239,15 +257,23 @@ pub async fn dispatch(
     }
 }
 
-/// Backoff before attempt `attempt + 1`: full jitter over an exponential
-/// ceiling (1 s, 2 s, 4 s, ... capped at 5 min).
-pub fn backoff(attempt: usize) -> Duration {
-    let exp = attempt.saturating_sub(1).min(20) as u32;
-    let ceiling = Duration::from_secs(1)
-        .saturating_mul(2u32.saturating_pow(exp))
-        .min(Duration::from_secs(300));
-    let millis = rand::rng().random_range(0..=ceiling.as_millis().max(1) as u64);
-    Duration::from_millis(millis.max(50))
+/// Backoff after `attempt` spent attempts: full jitter (uniform) under an
+/// exponential ceiling, `backoff_base_ms` doubled per attempt and capped at
+/// `backoff_cap_secs` ([`backoff_ceiling`]); never zero: at least 50 ms, or
+/// the ceiling when that is lower.
+pub fn backoff(attempt: usize, queue: &QueueSettings) -> Duration {
+    let ceiling = (backoff_ceiling(attempt, queue).as_millis() as u64).max(1);
+    let floor = ceiling.min(50);
+    Duration::from_millis(rand::rng().random_range(floor..=ceiling))
+}
+
+/// The most [`backoff`] waits after `attempt` spent attempts: base, 2 x
+/// base, 4 x base, ... up to the cap.
+pub fn backoff_ceiling(attempt: usize, queue: &QueueSettings) -> Duration {
+    let cap = Duration::from_secs(queue.backoff_cap_secs).max(Duration::from_millis(1));
+    let base = Duration::from_millis(queue.backoff_base_ms.max(1));
+    let exp = attempt.saturating_sub(1).min(31) as u32;
+    base.saturating_mul(2u32.saturating_pow(exp)).min(cap)
 }
 
 /// Turns a failed attempt into what apalis should do with the job.
@@ -258,31 +284,81 @@ async fn settle(
     attempt: usize,
     err: JobError,
 ) -> BoxDynError {
-    let max_attempts = deps.settings.queue(queue).max_attempts.max(1) as usize;
-    let exhausted = attempt >= max_attempts;
+    let q = deps.settings.queue(queue);
+    // Waits the API asked for, or an open breaker: rescheduled without
+    // spending an attempt, however long it lasts.
+    let deferral = match err.class {
+        ErrorClass::RateLimited { retry_after } => Some((
+            Deferral::RateLimited,
+            crate::retry::with_jitter(
+                retry_after.unwrap_or(Duration::from_secs(1)),
+                Duration::from_millis(250),
+            ),
+        )),
+        ErrorClass::CircuitOpen { retry_in } => Some((
+            Deferral::CircuitOpen,
+            crate::retry::with_jitter(retry_in, Duration::from_secs(1)),
+        )),
+        ErrorClass::Retryable | ErrorClass::UnknownOutcome | ErrorClass::Permanent => None,
+    };
+    if let Some((reason, delay)) = deferral {
+        tracing::info!(class = %err.class, error = %err.message, retry_in_ms = delay.as_millis() as u64, "job deferred; no attempt spent");
+        deps.metrics.deferred(queue, reason);
+        if let Err(db) = crate::retry::defer(&deps.pool, job_id, attempt, reason, delay).await {
+            tracing::warn!(error = %db, "could not store the deferral; the job runs again at once");
+        }
+        return Box::new(RetryAfterError::new(err.message, delay));
+    }
+
+    let deferred = match crate::retry::deferrals(&deps.pool, job_id, attempt).await {
+        Ok(n) => n,
+        Err(db) => {
+            tracing::warn!(error = %db, "could not read the job's deferrals; counting every run");
+            0
+        }
+    };
+    let spent = crate::retry::spent(attempt, deferred);
+    let max_attempts = q.max_attempts.max(1) as usize;
+    let exhausted = spent >= max_attempts;
     if err.class == ErrorClass::Permanent || exhausted {
         let reason = if exhausted && err.class != ErrorClass::Permanent {
-            format!("gave up after {attempt} attempts: {}", err.message)
+            if deferred > 0 {
+                format!(
+                    "gave up after {spent} attempts (and {deferred} deferred runs): {}",
+                    err.message
+                )
+            } else {
+                format!("gave up after {spent} attempts: {}", err.message)
+            }
         } else {
             err.message.clone()
         };
         tracing::error!(class = %err.class, error = %reason, "job dead-lettered");
         if let Err(db) =
-            crate::dead_letter::record(&deps.pool, job_id, queue, err.class, &reason, attempt).await
+            crate::dead_letter::record(&deps.pool, job_id, queue, err.class, &reason, spent).await
         {
-            // The job is not dropped: returning a plain error leaves it Failed
-            // with attempts left, so it runs again and is recorded then.
+            // The job is not dropped: it goes back to the queue after a
+            // backoff, runs again and is recorded then.
             tracing::error!(error = %db, "could not record the dead letter; the job will run again");
-            return format!("{reason} (dead letter not recorded: {db})").into();
+            let delay = backoff(spent, &q);
+            let _ = sqlx::query("UPDATE apalis.jobs SET run_at = now() + $2 WHERE id = $1")
+                .bind(job_id)
+                .bind(delay)
+                .execute(&deps.pool)
+                .await;
+            return Box::new(RetryAfterError::new(
+                format!("{reason} (dead letter not recorded: {db})"),
+                delay,
+            ));
+        }
+        if let Err(db) = crate::retry::forget(&deps.pool, job_id).await {
+            tracing::warn!(error = %db, "could not forget the dead job's deferrals");
         }
         deps.metrics.dead_lettered(queue);
         return Box::new(AbortError::new(reason));
     }
-    let delay = match err.class {
-        ErrorClass::RateLimited { retry_after } => retry_after.unwrap_or(Duration::from_secs(1)),
-        _ => backoff(attempt),
-    };
-    tracing::warn!(class = %err.class, error = %err.message, retry_in_ms = delay.as_millis() as u64, "job failed; retrying later");
+    let delay = backoff(spent, &q);
+    tracing::warn!(class = %err.class, error = %err.message, spent, max_attempts, retry_in_ms = delay.as_millis() as u64, "job failed; retrying later");
     let moved = sqlx::query("UPDATE apalis.jobs SET run_at = now() + $2 WHERE id = $1")
         .bind(job_id)
         .bind(delay)
@@ -292,4 +368,71 @@ async fn settle(
         tracing::warn!(error = %db, "could not store the backoff; the job retries at once");
     }
     Box::new(RetryAfterError::new(err.message, delay))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(base_ms: u64, cap_secs: u64) -> QueueSettings {
+        QueueSettings {
+            concurrency: 1,
+            max_attempts: 10,
+            backoff_base_ms: base_ms,
+            backoff_cap_secs: cap_secs,
+        }
+    }
+
+    #[test]
+    fn the_backoff_ceiling_doubles_with_each_attempt_from_the_base() {
+        let q = q(500, 3600);
+        assert_eq!(backoff_ceiling(1, &q), Duration::from_millis(500));
+        for attempt in 1..12 {
+            assert_eq!(
+                backoff_ceiling(attempt + 1, &q),
+                backoff_ceiling(attempt, &q) * 2,
+                "attempt {attempt}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_backoff_never_exceeds_the_cap_even_after_many_attempts() {
+        let q = q(1_000, 30);
+        for attempt in [1, 5, 6, 7, 20, 64, 10_000, usize::MAX] {
+            assert!(backoff_ceiling(attempt, &q) <= Duration::from_secs(30));
+            for _ in 0..200 {
+                assert!(backoff(attempt, &q) <= Duration::from_secs(30), "{attempt}");
+            }
+        }
+        assert_eq!(backoff_ceiling(64, &q), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_backoff_is_never_zero() {
+        for q in [q(0, 0), q(1, 0), q(20, 0), q(1_000, 300)] {
+            for attempt in 0..40 {
+                let floor = backoff_ceiling(attempt, &q).min(Duration::from_millis(50));
+                assert!(floor >= Duration::from_millis(1));
+                for _ in 0..50 {
+                    assert!(backoff(attempt, &q) >= floor, "{q:?} {attempt}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_backoff_is_spread_over_the_whole_range_below_the_ceiling() {
+        let q = q(1_000, 300);
+        let draws: Vec<Duration> = (0..2_000).map(|_| backoff(6, &q)).collect();
+        let ceiling = backoff_ceiling(6, &q);
+        assert_eq!(ceiling, Duration::from_secs(32));
+        assert!(draws.iter().all(|d| *d <= ceiling));
+        // Full jitter: some draws in the lowest and some in the highest tenth.
+        assert!(draws.iter().any(|d| *d < ceiling / 10));
+        assert!(draws.iter().any(|d| *d > ceiling * 9 / 10));
+        // And later attempts wait longer on average.
+        let mean = |a: usize| (0..2_000).map(|_| backoff(a, &q).as_millis()).sum::<u128>() / 2_000;
+        assert!(mean(8) > mean(4) * 4, "{} vs {}", mean(8), mean(4));
+    }
 }
