@@ -71,6 +71,8 @@ pub struct AppOptions {
     pub weight_cap_g: u32,
     /// Added by the sandbox to every API response.
     pub latency: Duration,
+    /// Changes the settings before the dependencies are built from them.
+    pub configure: fn(&mut Settings),
 }
 
 impl Default for AppOptions {
@@ -80,6 +82,7 @@ impl Default for AppOptions {
             seed: 7,
             weight_cap_g: 18_000,
             latency: Duration::ZERO,
+            configure: |_| {},
         }
     }
 }
@@ -138,6 +141,9 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
     settings.worker.heartbeat_secs = 2;
     settings.worker.poll_interval_ms = 50;
     settings.pipeline.package_weight_cap_g = options.weight_cap_g;
+    // Each test's fleet state (circuit breakers) under its own Redis keys.
+    settings.redis.prefix = format!("conveyor:test:{}", uuid::Uuid::new_v4().simple());
+    (options.configure)(&mut settings);
 
     let deps = Deps::from_settings(&settings).await.expect("dependencies");
     let pool = deps.pool.clone();
@@ -175,10 +181,15 @@ impl TestApp {
 
     /// Starts a worker running every queue, in this process.
     pub fn start_worker(&mut self) {
+        self.start_worker_for(&Queue::ALL);
+    }
+
+    /// Starts a worker running `queues`, in this process.
+    pub fn start_worker_for(&mut self, queues: &[Queue]) {
         let stopped = self.stopped();
         self.tasks.push(tokio::spawn(runner::run(
             self.deps.clone(),
-            Queue::ALL.to_vec(),
+            queues.to_vec(),
             stopped,
         )));
     }
@@ -238,11 +249,13 @@ impl TestApp {
         let s = &self.settings;
         let channel = &s.channels[0];
         format!(
-            "[database]\nurl = {db:?}\n\n[worker]\nheartbeat_secs = {hb}\npoll_interval_ms = {poll}\nshutdown_deadline_secs = 30\n\n\
+            "[database]\nurl = {db:?}\n\n[redis]\nurl = {redis:?}\nprefix = {prefix:?}\n\n[worker]\nheartbeat_secs = {hb}\npoll_interval_ms = {poll}\nshutdown_deadline_secs = 30\n\n\
              [scheduler]\ntick_secs = {tick}\n\n[pipeline]\npackage_weight_cap_g = {cap}\n\n\
              [[channels]]\ncode = {code:?}\nkind = \"shopify\"\nbase_url = {curl:?}\ntoken = {token:?}\n\n\
              [carrier]\nbase_url = {carrier:?}\napi_key = {key:?}\n",
             db = s.database.url,
+            redis = s.redis.url,
+            prefix = s.redis.prefix,
             hb = s.worker.heartbeat_secs,
             poll = s.worker.poll_interval_ms,
             tick = s.scheduler.tick_secs,

@@ -2,3 +2,4 @@
 
 mod idempotency;
 mod pipeline;
+mod retries;
