@@ -18,6 +18,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod import;
 pub mod in_call;
+pub mod leader;
 pub mod metrics;
 pub mod ops_http;
 pub mod package;

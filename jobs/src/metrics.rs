@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use sqlx::PgPool;
 
@@ -29,6 +30,7 @@ pub struct Metrics {
     breaker_rejected: IntCounterVec,
     rate_limit_waits: IntCounterVec,
     deferrals: IntCounterVec,
+    scheduler_leader: IntGauge,
 }
 
 impl Default for Metrics {
@@ -112,6 +114,11 @@ impl Metrics {
             &["queue", "reason"],
         )
         .expect("valid metric");
+        let scheduler_leader = IntGauge::new(
+            "conveyor_scheduler_leader",
+            "1 while this scheduler holds the leadership, else 0",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(job_seconds.clone()),
@@ -138,7 +145,18 @@ impl Metrics {
             breaker_rejected,
             rate_limit_waits,
             deferrals,
+            scheduler_leader,
         }
+    }
+
+    /// The scheduler's leadership gauge (`conveyor_scheduler_leader`).
+    /// Registered on first use, so that only schedulers export it.
+    pub fn scheduler_leader(&self) -> IntGauge {
+        // A second registration is refused; the first one stands.
+        let _ = self
+            .registry
+            .register(Box::new(self.scheduler_leader.clone()));
+        self.scheduler_leader.clone()
     }
 
     pub fn observe_job(&self, queue: Queue, result: &Result<(), JobError>, took: Duration) {

@@ -91,6 +91,9 @@ pub struct SchedulerSettings {
     /// an order written while the previous import ran is never missed.
     pub overlap_secs: u64,
     pub page_size: u32,
+    /// Seconds between a follower's tries for the leadership (and the most
+    /// a leader waits between two checks of its election connection).
+    pub election_secs: u64,
     pub listen: String,
 }
 
@@ -251,6 +254,7 @@ listen = "127.0.0.1:9464"
 tick_secs = 10
 overlap_secs = 15
 page_size = 100
+election_secs = 2
 listen = "127.0.0.1:9465"
 
 [pipeline]
