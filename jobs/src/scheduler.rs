@@ -1,9 +1,10 @@
 //! The scheduler: one import job per channel per tick.
 //!
-//! Import jobs are keyed by channel and tick (`shop:176398000`), so any
-//! number of schedulers firing in the same tick produce one job between
-//! them: the queue's idempotency key does the deduplication, no
-//! coordination needed.
+//! Any number of schedulers may run; one of them leads ([`crate::leader`])
+//! and only the leader fires. Import jobs are keyed by channel and tick
+//! (`shop:176398000`) besides, so two schedulers that both believe they
+//! lead for a moment still produce one job per tick between them: the
+//! queue's idempotency key does the deduplication.
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use crate::import::{enqueue_tick, tick_of};
+use crate::leader::{self, Election};
+use crate::metrics::Metrics;
 use crate::settings::Settings;
 
 /// Enqueues this tick's import for every configured channel. Returns how
@@ -30,29 +33,57 @@ pub async fn fire(
     Ok(fresh)
 }
 
-/// Fires on every tick until `shutdown` resolves. A database error is
-/// logged and the next tick tries again: a scheduler never exits because
-/// Postgres blinked.
+/// Fires on every tick while this scheduler leads, until `shutdown`
+/// resolves. A database error is logged and the next tick tries again: a
+/// scheduler never exits because Postgres blinked.
 pub async fn run(
     pool: PgPool,
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_metrics(pool, settings, Metrics::new(), shutdown).await
+}
+
+/// [`run`], reporting the leadership on `metrics`
+/// (`conveyor_scheduler_leader`).
+pub async fn run_with_metrics(
+    pool: PgPool,
+    settings: Settings,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     crate::runner::register_channels(&pool, &settings).await?;
+    let election = Election::start(
+        &settings.database.url,
+        leader::scheduler_name(),
+        &settings.scheduler,
+        metrics.scheduler_leader(),
+    )?;
+    let (leading, mut promoted) = (election.leading(), election.leading());
     let mut ticker =
         tokio::time::interval(Duration::from_secs(settings.scheduler.tick_secs.max(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                match fire(&pool, &settings, chrono::Utc::now()).await {
-                    Ok(n) => tracing::debug!(new_jobs = n, "scheduler tick"),
-                    Err(e) => tracing::warn!(error = %e, "scheduler tick failed; will try again next tick"),
-                }
-            }
+            // Followers never enqueue.
+            _ = ticker.tick() => if *leading.borrow() {
+                tick(&pool, &settings).await;
+            },
+            // A new leader fires at once instead of on its next tick.
+            Ok(()) = promoted.changed() => if *promoted.borrow_and_update() {
+                tick(&pool, &settings).await;
+            },
             _ = &mut shutdown => break,
         }
     }
+    election.stop().await;
     Ok(())
+}
+
+async fn tick(pool: &PgPool, settings: &Settings) {
+    match fire(pool, settings, chrono::Utc::now()).await {
+        Ok(n) => tracing::debug!(new_jobs = n, "scheduler tick"),
+        Err(e) => tracing::warn!(error = %e, "scheduler tick failed; will try again next tick"),
+    }
 }

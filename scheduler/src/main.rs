@@ -1,6 +1,8 @@
-//! `conveyor-scheduler`: enqueues one import job per channel per tick (keyed
-//! by channel and tick, so several schedulers produce one job per tick) and
-//! serves `/metrics`, `/healthz` and `/readyz`.
+//! `conveyor-scheduler`: enqueues one import job per channel per tick and
+//! serves `/metrics`, `/healthz` and `/readyz`. Any number of replicas may
+//! run: they elect one leader (a Postgres advisory lock on a dedicated
+//! connection), and only the leader enqueues; import jobs are keyed by
+//! channel and tick besides, so a double fire makes one job.
 
 use std::path::PathBuf;
 
@@ -26,10 +28,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = load_settings(args.config.as_deref())?;
     let pool = conveyor_jobs::db::connect(&settings.database.url, 4).await?;
+    let metrics = Metrics::new();
     let ops = OpsState {
         pool: pool.clone(),
         redis_url: settings.redis.url.clone(),
-        metrics: Metrics::new(),
+        metrics: metrics.clone(),
     };
     let listen = args
         .listen
@@ -45,9 +48,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         channels = settings.channels.len(),
         tick_secs = settings.scheduler.tick_secs,
+        election_secs = settings.scheduler.election_secs,
+        scheduler = %conveyor_jobs::leader::scheduler_name(),
         "scheduler starting"
     );
-    conveyor_jobs::scheduler::run(pool, settings, shutdown_signal()).await?;
+    conveyor_jobs::scheduler::run_with_metrics(pool, settings, metrics, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     let _ = server.await;
     tracing::info!("scheduler stopped");
