@@ -30,6 +30,23 @@ pub fn example(name: &str) -> PathBuf {
 }
 
 /// Drops a test database, closing whatever connections it still has.
+/// Waits until `condition` holds, polling every 20 ms; panics with `what`
+/// after `limit`.
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn drop_database(url: &str) {
     let Some(name) = url
         .rsplit('/')
@@ -73,6 +90,8 @@ pub struct AppOptions {
     pub latency: Duration,
     /// Changes the settings before the dependencies are built from them.
     pub configure: fn(&mut Settings),
+    /// Changes the sandbox's configuration before it starts.
+    pub configure_sandbox: fn(&mut SandboxConfig),
 }
 
 impl Default for AppOptions {
@@ -83,6 +102,7 @@ impl Default for AppOptions {
             weight_cap_g: 18_000,
             latency: Duration::ZERO,
             configure: |_| {},
+            configure_sandbox: |_| {},
         }
     }
 }
@@ -110,7 +130,7 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
         restore_rate: 1_000.0,
         ..ShopifyLimits::default()
     };
-    let sandbox_config = SandboxConfig {
+    let mut sandbox_config = SandboxConfig {
         shopify_limits,
         latency: options.latency,
         seed: options.seed,
@@ -118,6 +138,7 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
         catalog,
         ..SandboxConfig::default()
     };
+    (options.configure_sandbox)(&mut sandbox_config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a free port");
@@ -270,5 +291,14 @@ impl TestApp {
 
     pub async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// [`TestApp::count`] with one bound id (`$1`).
+    pub async fn count_with(&self, sql: &'static str, id: i64) -> i64 {
+        sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 }

@@ -9,7 +9,11 @@
 //! conveyor stats --json
 //! conveyor watch --until-quiet
 //! conveyor labels export --dir out/labels
+//! conveyor dlq list --queue purchase --since 2h
+//! conveyor dlq retry --all --error-class retryable --reason "carrier back up"
 //! ```
+
+mod dlq;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -78,6 +82,11 @@ enum Command {
         #[command(subcommand)]
         action: LabelsAction,
     },
+    /// Review dead letters: list, show, retry, discard.
+    Dlq {
+        #[command(subcommand)]
+        action: dlq::DlqAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -140,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Labels {
             action: LabelsAction::Export { dir },
         } => export_labels(&pool(&settings).await?, &dir).await?,
+        Command::Dlq { action } => dlq::run(&pool(&settings).await?, action).await?,
     }
     Ok(())
 }

@@ -159,7 +159,7 @@ impl Metrics {
         self.scheduler_leader.clone()
     }
 
-    pub fn observe_job(&self, queue: Queue, result: &Result<(), JobError>, took: Duration) {
+    pub fn observe_job(&self, queue: Queue, result: Result<(), &JobError>, took: Duration) {
         let outcome = match result {
             Ok(()) => "ok",
             Err(e) => e.class.as_str(),

@@ -1,6 +1,7 @@
 //! The HTTP endpoints every Conveyor process serves: `/metrics`
 //! (Prometheus text), `/healthz` (the process is alive) and `/readyz`
-//! (Postgres and Redis answer).
+//! (Postgres and Redis answer); and, on the worker, the dead-letter review
+//! API and its page (`crate::dlq_http`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use secrecy::SecretString;
 use sqlx::PgPool;
 
 use crate::metrics::Metrics;
@@ -19,14 +21,24 @@ pub struct OpsState {
     pub pool: PgPool,
     pub redis_url: String,
     pub metrics: Metrics,
+    /// Serve the dead-letter review API and page (the worker does).
+    pub dlq: bool,
+    /// The bearer token of the dead-letter API; `None` turns its mutating
+    /// routes off.
+    pub token: Option<SecretString>,
 }
 
 pub fn router(state: OpsState) -> Router {
-    Router::new()
+    let dlq = state.dlq;
+    let state = Arc::new(state);
+    let mut router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(Arc::new(state))
+        .route("/readyz", get(readyz));
+    if dlq {
+        router = router.merge(crate::dlq_http::routes());
+    }
+    router.with_state(state)
 }
 
 async fn metrics(State(state): State<Arc<OpsState>>) -> String {
@@ -77,6 +89,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    serve_on(listener, state, shutdown).await
+}
+
+/// Serves the router on a bound listener until `shutdown` resolves.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: OpsState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "ops endpoints listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)

@@ -13,6 +13,9 @@
 //! * permanent, or out of attempts: the job is recorded in `dead_letters`
 //!   with its raw payload and ends `Killed`, never retried on its own.
 //!
+//! Every failed run is also kept in `job_failures` (class, message, worker,
+//! time), and a payload that cannot be read at all is a permanent failure.
+//!
 //! ```no_run
 //! # async fn f(settings: conveyor_jobs::settings::Settings) -> anyhow::Result<()> {
 //! let deps = conveyor_jobs::runner::Deps::from_settings(&settings).await?;
@@ -45,9 +48,11 @@ use crate::carrier::CarrierApi;
 use crate::carrier::easypost::EasyPostClient;
 use crate::channel::shopify::ShopifyClient;
 use crate::channel::{ChannelApi, ChannelKind};
+use crate::dead_letter::JobRefs;
 use crate::error::{ErrorClass, JobError};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::raw::{RawPayload, RawPayloads, parse_json};
 use crate::retry::Deferral;
 use crate::settings::{QueueSettings, Settings};
 use crate::{commit, import, purchase, rate, render, reserve, split};
@@ -179,9 +184,13 @@ pub async fn run(
             let strategy = Strategy::new()
                 .stream(Pubsub::new(deps.pool.clone(), queue.name().to_string()))
                 .interval(Duration::from_millis(s.worker.poll_interval_ms.max(5)));
-            let backend = PostgresStorage::<serde_json::Value>::new(&deps.pool)
-                .with_config(config)
-                .poll_with_strategy(strategy);
+            // Handlers get the stored bytes and read them themselves, so
+            // that a payload which is not JSON is dead-lettered, not stuck.
+            let backend = RawPayloads::new(
+                PostgresStorage::<serde_json::Value>::new(&deps.pool)
+                    .with_config(config)
+                    .poll_with_strategy(strategy),
+            );
             WorkerBuilder::new(unique_worker_name(&s.worker.name_prefix, queue, restarts))
                 .backend(backend)
                 .concurrency(s.queue(queue).concurrency.max(1))
@@ -201,7 +210,7 @@ pub async fn run(
 
 /// The task function every queue's worker runs.
 async fn handle(
-    payload: serde_json::Value,
+    payload: RawPayload,
     deps: Data<Arc<Deps>>,
     attempt: Attempt,
     task_id: TaskId,
@@ -215,6 +224,27 @@ async fn handle(
     };
     let started = Instant::now();
     let attempt = attempt.current();
+    let payload = match parse_json(&payload) {
+        Ok(payload) => payload,
+        Err(reason) => {
+            // Unreadable bytes cannot become readable by running again:
+            // dead-lettered at once, the bytes kept as they are.
+            let err = JobError::permanent(reason);
+            deps.metrics
+                .observe_job(queue, Err(&err), started.elapsed());
+            let span = tracing::info_span!("job", job_id = %task_id, %queue, attempt);
+            return Err(settle(
+                &deps,
+                queue,
+                &task_id.to_string(),
+                attempt,
+                JobRefs::default(),
+                err,
+            )
+            .instrument(span)
+            .await);
+        }
+    };
     // Order and package ids go on every log line of the job when the payload
     // names them; payloads carry ids only, never personal data.
     let order_id = payload.get("order_id").and_then(serde_json::Value::as_i64);
@@ -224,10 +254,17 @@ async fn handle(
     let span = tracing::info_span!("job", job_id = %task_id, %queue, attempt, order_id, package_id);
     async move {
         let result = dispatch(&deps, queue, payload).await;
-        deps.metrics.observe_job(queue, &result, started.elapsed());
+        deps.metrics
+            .observe_job(queue, result.as_ref().map(|_| ()), started.elapsed());
         match result {
             Ok(()) => Ok(()),
-            Err(err) => Err(settle(&deps, queue, &task_id.to_string(), attempt, err).await),
+            Err(err) => {
+                let refs = JobRefs {
+                    order_id,
+                    package_id,
+                };
+                Err(settle(&deps, queue, &task_id.to_string(), attempt, refs, err).await)
+            }
         }
     }
     .instrument(span)
@@ -282,9 +319,23 @@ async fn settle(
     queue: Queue,
     job_id: &str,
     attempt: usize,
+    refs: JobRefs,
     err: JobError,
 ) -> BoxDynError {
     let q = deps.settings.queue(queue);
+    // Every failed run is kept, so a dead letter shows its whole history.
+    if let Err(db) = crate::dead_letter::record_failure(
+        &deps.pool,
+        job_id,
+        queue,
+        attempt,
+        err.class,
+        &err.message,
+    )
+    .await
+    {
+        tracing::warn!(error = %db, "could not record the failed run");
+    }
     // Waits the API asked for, or an open breaker: rescheduled without
     // spending an attempt, however long it lasts.
     let deferral = match err.class {
@@ -335,7 +386,8 @@ async fn settle(
         };
         tracing::error!(class = %err.class, error = %reason, "job dead-lettered");
         if let Err(db) =
-            crate::dead_letter::record(&deps.pool, job_id, queue, err.class, &reason, spent).await
+            crate::dead_letter::record(&deps.pool, job_id, queue, err.class, &reason, spent, refs)
+                .await
         {
             // The job is not dropped: it goes back to the queue after a
             // backoff, runs again and is recorded then.

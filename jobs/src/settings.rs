@@ -37,6 +37,19 @@ pub struct Settings {
     pub queues: BTreeMap<Queue, QueueConfig>,
     /// The circuit breaker in front of every external API.
     pub breaker: BreakerSettings,
+    /// The ops HTTP API on the worker's port.
+    #[serde(default)]
+    pub ops: OpsSettings,
+}
+
+/// The dead-letter review API served next to `/metrics`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OpsSettings {
+    /// Bearer token that the ops API's routes require
+    /// (`CONVEYOR_OPS__TOKEN`). Without one, the routes that change anything
+    /// (retry, discard) are off and the others answer without a token.
+    #[serde(default)]
+    pub token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

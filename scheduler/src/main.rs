@@ -33,6 +33,8 @@ async fn main() -> anyhow::Result<()> {
         pool: pool.clone(),
         redis_url: settings.redis.url.clone(),
         metrics: metrics.clone(),
+        dlq: false,
+        token: None,
     };
     let listen = args
         .listen

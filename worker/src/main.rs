@@ -39,6 +39,8 @@ async fn main() -> anyhow::Result<()> {
         pool: deps.pool.clone(),
         redis_url: settings.redis.url.clone(),
         metrics: deps.metrics.clone(),
+        dlq: true,
+        token: settings.ops.token.clone(),
     };
     let listen = args
         .listen

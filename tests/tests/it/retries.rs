@@ -8,7 +8,6 @@
 //! that need the carrier.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::time::Duration;
 
 use conveyor_jobs::queue::Queue;
@@ -16,25 +15,9 @@ use conveyor_jobs::retry::Deferral;
 use conveyor_jobs::settings::{BreakerSettings, QueueConfig, Settings};
 use conveyor_sandbox::{Faults, Stats};
 
-use conveyor_tests::{AppOptions, TestApp, spawn_app};
+use conveyor_tests::{AppOptions, TestApp, spawn_app, wait_for};
 
 const ORDERS: usize = 12;
-
-/// Waits until `condition` holds, polling; panics with `what` after `limit`.
-async fn wait_for<F, Fut>(limit: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Requests that reached the sandbox's carrier API (shipments, buys,
 /// refunds, label downloads).
