@@ -1,5 +1,6 @@
 //! One test binary for the workspace-level tests (one link, one `spawn_app`).
 
+mod bad_input;
 mod dlq;
 mod idempotency;
 mod pipeline;
