@@ -301,7 +301,23 @@ async fn count_requests(State(app): State<Arc<App>>, request: Request, next: Nex
         .get::<MatchedPath>()
         .map_or_else(|| "(unmatched)".to_owned(), |p| p.as_str().to_owned());
     let key = format!("{} {route}", request.method());
-    app.world().stats.count_request(key);
+    let api = if route == SHOPIFY_GRAPHQL_PATH {
+        Some(stats::Api::Channel)
+    } else if route.starts_with("/v2/") {
+        Some(stats::Api::Carrier)
+    } else {
+        None
+    };
+    {
+        let mut world = app.world();
+        world.stats.count_request(key);
+        if let Some(api) = api {
+            let second = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            world.stats.count_api_second(api, second);
+        }
+    }
     next.run(request).await
 }
 

@@ -52,10 +52,32 @@ pub struct Stats {
     /// `"POST /v2/shipments/{id}/buy"`), plus `"graphql <rootField>"` per GraphQL
     /// root field executed (for example `"graphql orders"`).
     pub requests: BTreeMap<String, u64>,
+    /// Channel API requests (Shopify Admin GraphQL) received, per Unix second:
+    /// how fast a fleet really called the channel.
+    pub channel_requests_per_second: BTreeMap<u64, u64>,
+    /// Carrier API requests (EasyPost `/v2/...`; label files are not API
+    /// calls) received, per Unix second.
+    pub carrier_requests_per_second: BTreeMap<u64, u64>,
+}
+
+/// Which external API a request went to, for the per-second counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    Channel,
+    Carrier,
 }
 
 impl Stats {
     pub(crate) fn count_request(&mut self, key: String) {
         *self.requests.entry(key).or_default() += 1;
+    }
+
+    /// Counts one request to `api` received in Unix second `second`.
+    pub(crate) fn count_api_second(&mut self, api: Api, second: u64) {
+        let series = match api {
+            Api::Channel => &mut self.channel_requests_per_second,
+            Api::Carrier => &mut self.carrier_requests_per_second,
+        };
+        *series.entry(second).or_default() += 1;
     }
 }
