@@ -40,6 +40,13 @@ pub struct Settings {
     /// The ops HTTP API on the worker's port.
     #[serde(default)]
     pub ops: OpsSettings,
+    /// How the fleet's rate limits wait and fall back (`[limiter]`).
+    pub limiter: LimiterSettings,
+    /// One rate limit per external API, shared by the whole fleet:
+    /// `[limits.<channel code>]` and `[limits.carrier]`
+    /// ([`Settings::channel_limit`], [`Settings::carrier_limit`]).
+    #[serde(default)]
+    pub limits: BTreeMap<String, LimitConfig>,
 }
 
 /// The dead-letter review API served next to `/metrics`.
@@ -77,6 +84,71 @@ pub struct BreakerSettings {
     /// How long an open breaker refuses calls before it lets one probe
     /// through.
     pub open_secs: u64,
+}
+
+/// How every rate limit waits, and what it does without Redis.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct LimiterSettings {
+    /// A call whose slot is at most this far away waits for it in the
+    /// call; a later slot sends the job back to the queue (rate limited,
+    /// no attempt spent) until about then.
+    pub max_wait_ms: u64,
+    /// Workers the fleet is expected to run. While Redis cannot be
+    /// reached, each worker limits every API to this share of its rate (and
+    /// of its burst), so that the fleet as a whole stays near the limit.
+    pub expected_workers: u32,
+}
+
+/// A `[limits.<name>]` table.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Sustained requests per second for the whole fleet (fractions allowed:
+    /// 0.0167 is one a minute). 0 means no limit.
+    pub rate_per_sec: f64,
+    /// Requests that may go at once after a quiet spell. Default: one
+    /// second's worth of the rate, at least 1.
+    pub burst: Option<u32>,
+}
+
+/// One API's rate limit, defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub rate_per_sec: f64,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// `None` when the table asks for no limit (a rate of 0, or not a
+    /// number).
+    pub fn from_config(c: &LimitConfig) -> Option<RateLimit> {
+        if !(c.rate_per_sec.is_finite() && c.rate_per_sec > 0.0) {
+            return None;
+        }
+        let burst = c
+            .burst
+            .unwrap_or_else(|| c.rate_per_sec.ceil().min(f64::from(u32::MAX)) as u32);
+        Some(RateLimit {
+            rate_per_sec: c.rate_per_sec,
+            burst: burst.max(1),
+        })
+    }
+
+    /// The limit a channel of `kind` gets without a `[limits.<code>]`
+    /// table: the API's published per-request limit where it has one
+    /// (Amazon SP-API getOrders: one request a minute, bursts of 20), none
+    /// where the API limits by other means that the adapter already
+    /// follows (Shopify Admin GraphQL's query cost, answered as `THROTTLED`
+    /// with the time to wait).
+    pub fn default_for(kind: ChannelKind) -> Option<RateLimit> {
+        match kind {
+            ChannelKind::Amazon => Some(RateLimit {
+                rate_per_sec: 0.0167,
+                burst: 20,
+            }),
+            ChannelKind::Shopify | ChannelKind::Ebay => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -234,10 +306,31 @@ impl Settings {
         }
     }
 
+    /// The rate limit of channel `code`: its `[limits.<code>]` table, else
+    /// the default of its kind ([`RateLimit::default_for`]). `None`: no
+    /// limit of our own.
+    pub fn channel_limit(&self, code: &str, kind: ChannelKind) -> Option<RateLimit> {
+        match self.limits.get(code) {
+            Some(c) => RateLimit::from_config(c),
+            None => RateLimit::default_for(kind),
+        }
+    }
+
+    /// The carrier's rate limit (`[limits.carrier]`); none by default, the
+    /// adapter waits out the carrier's own 429s.
+    pub fn carrier_limit(&self) -> Option<RateLimit> {
+        self.limits
+            .get(CARRIER_LIMIT)
+            .and_then(RateLimit::from_config)
+    }
+
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.worker.heartbeat_secs.max(1))
     }
 }
+
+/// The `[limits]` table of the carrier; no channel may use this code.
+pub const CARRIER_LIMIT: &str = "carrier";
 
 /// The built-in defaults: a local PostgreSQL, Redis and sandbox.
 pub const DEFAULTS: &str = r#"
@@ -253,6 +346,10 @@ prefix = "conveyor"
 failures = 5
 window_secs = 30
 open_secs = 30
+
+[limiter]
+max_wait_ms = 2000
+expected_workers = 3
 
 [worker]
 name_prefix = "conveyor-worker"
@@ -330,6 +427,58 @@ mod tests {
             }
         );
         assert_eq!(s.redis.prefix, "conveyor");
+    }
+
+    #[test]
+    fn limits_come_from_their_tables_else_from_the_channel_kind() {
+        let s = from_toml(
+            "[limits.shop]\nrate_per_sec = 5.0\nburst = 10\n\n\
+             [limits.slow]\nrate_per_sec = 0.5\n\n\
+             [limits.off]\nrate_per_sec = 0\n\n\
+             [limits.carrier]\nrate_per_sec = 20\nburst = 40\n",
+        );
+        assert_eq!(
+            s.channel_limit("shop", ChannelKind::Shopify),
+            Some(RateLimit {
+                rate_per_sec: 5.0,
+                burst: 10
+            })
+        );
+        // No burst given: one second's worth, at least one request.
+        assert_eq!(
+            s.channel_limit("slow", ChannelKind::Shopify),
+            Some(RateLimit {
+                rate_per_sec: 0.5,
+                burst: 1
+            })
+        );
+        // A rate of 0 turns the kind's default off.
+        assert_eq!(s.channel_limit("off", ChannelKind::Amazon), None);
+        // Without a table, the kind decides.
+        assert_eq!(s.channel_limit("other", ChannelKind::Shopify), None);
+        assert_eq!(
+            s.channel_limit("other", ChannelKind::Amazon),
+            Some(RateLimit {
+                rate_per_sec: 0.0167,
+                burst: 20
+            })
+        );
+        assert_eq!(
+            s.carrier_limit(),
+            Some(RateLimit {
+                rate_per_sec: 20.0,
+                burst: 40
+            })
+        );
+        let defaults = from_toml("");
+        assert_eq!(defaults.carrier_limit(), None);
+        assert_eq!(
+            defaults.limiter,
+            LimiterSettings {
+                max_wait_ms: 2000,
+                expected_workers: 3
+            }
+        );
     }
 
     #[test]
