@@ -41,8 +41,9 @@ use crate::error::{ApiError, ErrorClass};
 use crate::metrics::Metrics;
 use crate::settings::{BreakerSettings, Settings};
 
-/// Longest a breaker waits for Redis before it decides on local state.
-const REDIS_WAIT: Duration = Duration::from_millis(250);
+/// Longest a breaker (or a rate limiter, `crate::limiter`) waits for Redis
+/// before it decides on local state.
+pub(crate) const REDIS_WAIT: Duration = Duration::from_millis(250);
 /// After Redis failed, how long the process uses local state before it
 /// tries Redis again.
 const REDIS_RETRY: Duration = Duration::from_secs(5);
@@ -281,6 +282,21 @@ redis.call('PEXPIRE', key, ttl)
 return {0}
 "#;
 
+/// A connection to `url` that connects at its first use and gives up on a
+/// command after [`REDIS_WAIT`]: short timeouts, so that a Redis that is
+/// down costs a call a quarter of a second, not a job. Only a URL that
+/// cannot be read is an error. Must run inside a Tokio runtime.
+pub fn connect_lazy(url: &str) -> Result<ConnectionManager, redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REDIS_WAIT))
+        .set_response_timeout(Some(REDIS_WAIT))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(200));
+    ConnectionManager::new_lazy_with_config(client, config)
+}
+
 /// Breaker state in Redis, shared by every worker that uses the same
 /// Redis and prefix.
 #[derive(Clone)]
@@ -304,20 +320,18 @@ impl RedisStore {
     /// Redis is found out (and worked around) at the first call. Only a URL
     /// that cannot be read is an error. Must run inside a Tokio runtime.
     pub fn new(url: &str, prefix: &str) -> Result<RedisStore, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_WAIT))
-            .set_response_timeout(Some(REDIS_WAIT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(RedisStore {
-            conn,
+            conn: connect_lazy(url)?,
             prefix: prefix.trim_end_matches(':').to_string(),
             admit: Arc::new(redis::Script::new(&format!("{LUA_NOW}{LUA_ADMIT}"))),
             record: Arc::new(redis::Script::new(&format!("{LUA_NOW}{LUA_RECORD}"))),
         })
+    }
+
+    /// The connection the breakers use; the rate limiters of the process
+    /// share it (`crate::limiter`).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
     }
 
     /// The Redis key of `api`'s breaker.
@@ -646,6 +660,14 @@ impl Breaker {
             ));
         }
         let result = call().await;
+        if let Err(e) = &result
+            && crate::limiter::refused_by_limiter(e)
+        {
+            // Our own rate limiter held the call back before any request
+            // went out: the API said nothing, so the breaker learns nothing
+            // (and the limiter counted the wait).
+            return result;
+        }
         let outage = match &result {
             Ok(_) => false,
             Err(e) => {

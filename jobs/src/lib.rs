@@ -20,6 +20,7 @@ pub mod error;
 pub mod import;
 pub mod in_call;
 pub mod leader;
+pub mod limiter;
 pub mod metrics;
 pub mod ops_http;
 pub mod package;

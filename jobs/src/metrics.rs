@@ -29,6 +29,7 @@ pub struct Metrics {
     breaker_open: IntGaugeVec,
     breaker_rejected: IntCounterVec,
     rate_limit_waits: IntCounterVec,
+    limiter_fallback: IntGaugeVec,
     deferrals: IntCounterVec,
     scheduler_leader: IntGauge,
 }
@@ -101,7 +102,15 @@ impl Metrics {
         let rate_limit_waits = IntCounterVec::new(
             Opts::new(
                 "conveyor_rate_limit_waits_total",
-                "Answers asking to slow down (429, throttled), each waited out, by API",
+                "Waits for an API: answers asking to slow down (429, throttled) and calls the fleet's rate limiter held back or deferred, by API",
+            ),
+            &["api"],
+        )
+        .expect("valid metric");
+        let limiter_fallback = IntGaugeVec::new(
+            Opts::new(
+                "conveyor_rate_limiter_fallback",
+                "1 while Redis cannot be reached and this process limits the API to its own share of the rate, 0 while the fleet shares the limit in Redis",
             ),
             &["api"],
         )
@@ -129,6 +138,7 @@ impl Metrics {
             Box::new(breaker_open.clone()),
             Box::new(breaker_rejected.clone()),
             Box::new(rate_limit_waits.clone()),
+            Box::new(limiter_fallback.clone()),
             Box::new(deferrals.clone()),
         ] {
             registry.register(c).expect("metric registered once");
@@ -144,6 +154,7 @@ impl Metrics {
             breaker_open,
             breaker_rejected,
             rate_limit_waits,
+            limiter_fallback,
             deferrals,
             scheduler_leader,
         }
@@ -201,6 +212,18 @@ impl Metrics {
 
     pub fn rate_limit_waits(&self, api: &str) -> u64 {
         self.rate_limit_waits.with_label_values(&[api]).get()
+    }
+
+    /// Whether this process limits `api` on its own share (Redis down).
+    pub fn set_limiter_fallback(&self, api: &str, fallback: bool) {
+        self.limiter_fallback
+            .with_label_values(&[api])
+            .set(i64::from(fallback));
+    }
+
+    /// 1 while this process limits `api` on its own share of the rate.
+    pub fn limiter_fallback(&self, api: &str) -> i64 {
+        self.limiter_fallback.with_label_values(&[api]).get()
     }
 
     pub fn deferred(&self, queue: Queue, reason: Deferral) {
