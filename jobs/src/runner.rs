@@ -50,6 +50,7 @@ use crate::channel::shopify::ShopifyClient;
 use crate::channel::{ChannelApi, ChannelKind};
 use crate::dead_letter::JobRefs;
 use crate::error::{ErrorClass, JobError};
+use crate::limiter::Limiters;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::raw::{RawPayload, RawPayloads, parse_json};
@@ -61,25 +62,35 @@ use crate::{commit, import, purchase, rate, render, reserve, split};
 pub struct Deps {
     pub pool: PgPool,
     pub settings: Settings,
-    /// Channel adapters by channel code, each behind its circuit breaker.
+    /// Channel adapters by channel code, each behind its rate limit and
+    /// its circuit breaker.
     pub channels: HashMap<String, Arc<dyn ChannelApi>>,
-    /// The carrier adapter, behind its circuit breaker.
+    /// The carrier adapter, behind its rate limit and its circuit breaker.
     pub carrier: Arc<dyn CarrierApi>,
     pub metrics: Metrics,
     /// The circuit breakers of the external APIs.
     pub breakers: Breakers,
+    /// The fleet's rate limits of the external APIs.
+    pub limiters: Limiters,
 }
 
 impl Deps {
     /// Connects to Postgres, registers the configured channels and builds
-    /// the HTTP adapters from configuration, each behind its circuit
-    /// breaker (`shopify:<code>`, `easypost`). Redis is not needed to start:
-    /// the breakers keep local state while it cannot be reached.
+    /// the HTTP adapters from configuration, each behind its rate limit
+    /// (`[limits.<code>]`, `[limits.carrier]`) and, outside that, its circuit
+    /// breaker (`shopify:<code>`, `easypost`): a call the open breaker
+    /// refuses takes no slot of the limit. Redis is not needed to start:
+    /// breakers and limiters keep local state while it cannot be reached.
     pub async fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Deps>> {
         let pool =
             crate::db::connect(&settings.database.url, settings.database.max_connections).await?;
         let metrics = Metrics::new();
         let breakers = Breakers::from_settings(settings, metrics.clone())?;
+        let limiters = Limiters::from_settings(
+            settings,
+            breakers.redis().map(|r| r.connection()),
+            metrics.clone(),
+        )?;
         let mut channels: HashMap<String, Arc<dyn ChannelApi>> = HashMap::new();
         for ch in &settings.channels {
             let timeout = Duration::from_millis(ch.timeout_ms);
@@ -87,7 +98,12 @@ impl Deps {
                 ChannelKind::Shopify => breakers.channel(
                     "shopify",
                     &ch.code,
-                    Arc::new(ShopifyClient::new(&ch.base_url, ch.token.clone(), timeout)?),
+                    limiters.channel(
+                        "shopify",
+                        &ch.code,
+                        settings.channel_limit(&ch.code, ch.kind),
+                        Arc::new(ShopifyClient::new(&ch.base_url, ch.token.clone(), timeout)?),
+                    ),
                 ),
                 other => anyhow::bail!(
                     "channel {:?}: the {other:?} adapter is not available yet; configure a shopify channel",
@@ -98,11 +114,15 @@ impl Deps {
         }
         let carrier = breakers.carrier(
             "easypost",
-            Arc::new(EasyPostClient::new(
-                &settings.carrier.base_url,
-                settings.carrier.api_key.clone(),
-                Duration::from_millis(settings.carrier.timeout_ms),
-            )?),
+            limiters.carrier(
+                "easypost",
+                settings.carrier_limit(),
+                Arc::new(EasyPostClient::new(
+                    &settings.carrier.base_url,
+                    settings.carrier.api_key.clone(),
+                    Duration::from_millis(settings.carrier.timeout_ms),
+                )?),
+            ),
         );
         Ok(Arc::new(Deps {
             pool,
@@ -111,6 +131,7 @@ impl Deps {
             carrier,
             metrics,
             breakers,
+            limiters,
         }))
     }
 
