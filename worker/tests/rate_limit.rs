@@ -1,0 +1,414 @@
+//! One rate limit for the whole fleet: three real `conveyor-worker`
+//! processes against a sandbox channel limited to 5 requests/s with a burst
+//! of 5. The sandbox counts the channel requests it receives per second;
+//! no stretch of seconds ever gets more than the burst plus the rate times
+//! its length. When the workers' Redis (a `redis-server` of the test's own)
+//! is killed mid-run, every worker falls back to its share of the rate,
+//! says so on `/metrics`, and every order still ships.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use conveyor_tests::{AppOptions, TestApp, spawn_app};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+const WORKERS: usize = 3;
+/// The channel's limit for the fleet.
+const RATE: f64 = 5.0;
+const BURST: u64 = 5;
+/// The channel API's name in the limiter's metrics.
+const CHANNEL_API: &str = "shopify:shop";
+
+/// Both tests run three workers each; one at a time is enough for a small
+/// machine, and keeps the timing of one out of the other's way.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One worker process, its stderr kept for the assertions and the failure
+/// report.
+struct Worker {
+    child: Child,
+    pid: u32,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Worker {
+    fn start(index: usize, config: &Path, env: &[(&str, &str)]) -> Worker {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_conveyor-worker"));
+        command
+            .env("CONVEYOR_CONFIG", config)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "warn,conveyor_jobs::ops_http=info")
+            .env("CONVEYOR_WORKER__NAME_PREFIX", format!("limited{index}"))
+            .env("CONVEYOR_DATABASE__MAX_CONNECTIONS", "8")
+            // Small import pages: the import spends many channel requests.
+            .env("CONVEYOR_SCHEDULER__PAGE_SIZE", "5")
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("the worker binary starts");
+        let pid = child.id().expect("a running worker");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = log.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Worker { child, pid, log }
+    }
+
+    /// The address of its `/metrics`, once it has logged it.
+    async fn metrics_addr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self.log.lock().unwrap().iter().find_map(|line| {
+                let rest = line.split("ops endpoints listening").nth(1)?;
+                let addr = rest.split("addr=").nth(1)?.split_whitespace().next()?;
+                Some(addr.trim_matches('"').to_string())
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {} never logged its /metrics address",
+                self.pid
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    /// SIGTERM; the worker must exit 0.
+    async fn stop(mut self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(45), self.child.wait())
+            .await
+            .expect("the worker exits within its shutdown deadline")
+            .unwrap();
+        assert!(
+            status.success(),
+            "worker {} exit status {status:?}",
+            self.pid
+        );
+    }
+}
+
+/// Every worker of a test; their last log lines are printed if it fails.
+struct Fleet(Vec<Worker>);
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for w in &self.0 {
+                eprintln!("----- worker {}, last log lines:", w.pid);
+                for line in w.log.lock().unwrap().iter().rev().take(30).rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// The value of the sample `series` (name and labels, as exposed) on the
+/// `/metrics` page at `addr`.
+async fn metric(addr: &str, series: &str) -> Option<f64> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// A `redis-server` of the test's own on a free port, without persistence;
+/// killed when dropped.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (is it installed?)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fresh app with `orders` on the channel and stock for all of them, and
+/// the workers' settings file: the app's settings plus the limits.
+async fn limited_app(orders: usize, carrier_limit: &str) -> (TestApp, PathBuf) {
+    let app = spawn_app(AppOptions {
+        orders,
+        ..AppOptions::default()
+    })
+    .await;
+    app.count(
+        "WITH s AS (UPDATE stock SET on_hand = on_hand * 10 RETURNING 1) SELECT count(*) FROM s",
+    )
+    .await;
+    let config = std::env::temp_dir().join(format!(
+        "conveyor-rate-limit-{}-{}.toml",
+        std::process::id(),
+        app.settings.redis.prefix.rsplit(':').next().unwrap_or("x")
+    ));
+    let toml = format!(
+        "{}\n[limits.shop]\nrate_per_sec = {RATE:?}\nburst = {BURST}\n\n{carrier_limit}\n\
+         [limiter]\nmax_wait_ms = 2000\nexpected_workers = {WORKERS}\n",
+        app.config_toml()
+    );
+    std::fs::write(&config, toml).unwrap();
+    (app, config)
+}
+
+fn unix_second() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The most requests any run of `len` consecutive seconds received.
+fn busiest(per_second: &BTreeMap<u64, u64>, len: u64) -> u64 {
+    per_second
+        .keys()
+        .map(|start| per_second.range(*start..*start + len).map(|(_, n)| n).sum())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every order shipped, one label per package, nothing dead-lettered.
+async fn assert_all_shipped(app: &TestApp) {
+    let created = app.sandbox.stats().orders_created as i64;
+    let shipped = app
+        .count("SELECT count(*) FROM orders WHERE state = 'shipped'")
+        .await;
+    assert_eq!(shipped, created, "every order shipped");
+    assert_eq!(app.count("SELECT count(*) FROM dead_letters").await, 0);
+    let stats = app.sandbox.stats();
+    let packages = app.count("SELECT count(*) FROM packages").await;
+    assert_eq!(stats.labels_sold as i64, packages, "one label per package");
+    assert_eq!(stats.duplicate_purchase_attempts, 0);
+    assert_eq!(stats.over_fulfillment_attempts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_together_never_call_the_channel_faster_than_its_limit_and_burst() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (mut app, config) = limited_app(60, "").await;
+    let mut fleet = Fleet(
+        (0..WORKERS)
+            .map(|i| Worker::start(i, &config, &[]))
+            .collect(),
+    );
+    app.settings.scheduler.tick_secs = 2;
+    app.start_scheduler();
+    app.drain(Duration::from_secs(240)).await;
+    eprintln!("drained after {:?}", started.elapsed());
+    assert_all_shipped(&app).await;
+
+    let per_second = app.sandbox.stats().channel_requests_per_second;
+    let total: u64 = per_second.values().sum();
+    eprintln!("channel requests per second: {per_second:?}");
+    // The fleet had far more to send than the limit lets through: at least
+    // one fulfillment per order, and the import's pages.
+    assert!(total >= 60 + 12, "{total} channel requests");
+    let top = busiest(&per_second, 1);
+    assert!(
+        top as f64 >= RATE,
+        "the fleet never reached the limit ({top}/s at most): the test proves nothing"
+    );
+    // Any run of n seconds: at most the burst plus n seconds at the rate.
+    let span = per_second.keys().last().unwrap() - per_second.keys().next().unwrap() + 1;
+    for len in 1..=span {
+        let most = busiest(&per_second, len);
+        assert!(
+            most as f64 <= BURST as f64 + RATE * len as f64,
+            "{most} channel requests within {len} s (limit {RATE}/s, burst {BURST}): {per_second:?}"
+        );
+    }
+
+    // The waits show on the workers' /metrics; none fell back.
+    let mut waits = 0.0;
+    for w in &fleet.0 {
+        let addr = w.metrics_addr().await;
+        waits += metric(
+            &addr,
+            &format!("conveyor_rate_limit_waits_total{{api=\"{CHANNEL_API}\"}}"),
+        )
+        .await
+        .unwrap_or(0.0);
+        assert_eq!(
+            metric(
+                &addr,
+                &format!("conveyor_rate_limiter_fallback{{api=\"{CHANNEL_API}\"}}")
+            )
+            .await,
+            Some(0.0)
+        );
+    }
+    assert!(waits > 0.0, "the limiter held calls back");
+
+    for w in std::mem::take(&mut fleet.0) {
+        w.stop().await;
+    }
+    let _ = std::fs::remove_file(&config);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_order_ships_when_redis_dies_mid_run_and_each_worker_keeps_to_its_share() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let mut redis = OwnRedis::start();
+    let redis_url = redis.url();
+    // The carrier limited too, so that every worker's carrier calls also go
+    // through the limiter when Redis dies.
+    let (mut app, config) =
+        limited_app(45, "[limits.carrier]\nrate_per_sec = 10.0\nburst = 10\n").await;
+    let env = [("CONVEYOR_REDIS__URL", redis_url.as_str())];
+    let mut fleet = Fleet(
+        (0..WORKERS)
+            .map(|i| Worker::start(i, &config, &env))
+            .collect(),
+    );
+    app.settings.scheduler.tick_secs = 2;
+    app.start_scheduler();
+
+    // Mid-run: the first fulfillments pushed, most of the work ahead.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while app.sandbox.stats().fulfillments_created < 3 {
+        assert!(Instant::now() < deadline, "no fulfillment within 120 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed_at = unix_second();
+    redis.kill();
+    let shipped_before = app
+        .count("SELECT count(*) FROM orders WHERE state = 'shipped'")
+        .await;
+    eprintln!(
+        "redis killed after {:?}, {shipped_before} orders shipped",
+        started.elapsed()
+    );
+    assert!(shipped_before < 40, "the kill came too late to matter");
+
+    app.drain(Duration::from_secs(300)).await;
+    eprintln!("drained after {:?}", started.elapsed());
+    assert_all_shipped(&app).await;
+
+    // Every worker noticed, fell back, and says so in its log and metrics.
+    for w in &fleet.0 {
+        assert!(
+            w.logged("rate limiters: Redis cannot be reached"),
+            "worker {} logged the fallback",
+            w.pid
+        );
+        let addr = w.metrics_addr().await;
+        for api in [CHANNEL_API, "easypost"] {
+            assert_eq!(
+                metric(
+                    &addr,
+                    &format!("conveyor_rate_limiter_fallback{{api=\"{api}\"}}")
+                )
+                .await,
+                Some(1.0),
+                "worker {} limits {api} on its own share",
+                w.pid
+            );
+        }
+    }
+
+    // Without Redis the fleet stays near the limit: each worker takes a
+    // third of it (burst 1). Slots reserved in Redis before the kill are
+    // used within the 2 s longest wait; after that, every second is within
+    // the limit again. Around the kill, a fresh local burst per worker may
+    // come on top of them, never more than the limit twice over.
+    let per_second = app.sandbox.stats().channel_requests_per_second;
+    eprintln!("channel requests per second (redis killed in {killed_at}): {per_second:?}");
+    for (second, n) in &per_second {
+        let limit = RATE + BURST as f64;
+        if *second >= killed_at + 3 {
+            assert!(
+                *n as f64 <= limit,
+                "{n} requests in second {second}: {per_second:?}"
+            );
+        } else {
+            assert!(
+                *n as f64 <= 2.0 * limit,
+                "{n} requests in second {second}: {per_second:?}"
+            );
+        }
+    }
+
+    for w in std::mem::take(&mut fleet.0) {
+        w.stop().await;
+    }
+    let _ = std::fs::remove_file(&config);
+    app.shutdown().await;
+}
