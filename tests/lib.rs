@@ -19,6 +19,8 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub mod servers;
+
 pub const CHANNEL: &str = "shop";
 
 pub fn workspace_root() -> PathBuf {
@@ -55,7 +57,10 @@ pub async fn drop_database(url: &str) {
     else {
         return;
     };
-    let Ok(admin) = sqlx::PgPool::connect(&server_url()).await else {
+    let Ok(admin_url) = conveyor_jobs::db::replace_database(url, "postgres") else {
+        return;
+    };
+    let Ok(admin) = sqlx::PgPool::connect(&admin_url).await else {
         return;
     };
     let sql = format!(
@@ -92,6 +97,11 @@ pub struct AppOptions {
     pub configure: fn(&mut Settings),
     /// Changes the sandbox's configuration before it starts.
     pub configure_sandbox: fn(&mut SandboxConfig),
+    /// The PostgreSQL server to make the test database on (default:
+    /// `CONVEYOR_TEST_DATABASE_URL`, else the machine's on 5432).
+    pub server_url: Option<String>,
+    /// The Redis to use (default: the settings' default, 127.0.0.1:6379).
+    pub redis_url: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -103,6 +113,8 @@ impl Default for AppOptions {
             latency: Duration::ZERO,
             configure: |_| {},
             configure_sandbox: |_| {},
+            server_url: None,
+            redis_url: None,
         }
     }
 }
@@ -117,7 +129,8 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-    let url = conveyor_jobs::db::fresh_database(&server_url(), "conveyor_test")
+    let server = options.server_url.clone().unwrap_or_else(server_url);
+    let url = conveyor_jobs::db::fresh_database(&server, "conveyor_test")
         .await
         .expect("a fresh test database");
     let catalog =
@@ -164,6 +177,9 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
     settings.pipeline.package_weight_cap_g = options.weight_cap_g;
     // Each test's fleet state (circuit breakers) under its own Redis keys.
     settings.redis.prefix = format!("conveyor:test:{}", uuid::Uuid::new_v4().simple());
+    if let Some(redis) = &options.redis_url {
+        settings.redis.url = redis.clone();
+    }
     (options.configure)(&mut settings);
 
     let deps = Deps::from_settings(&settings).await.expect("dependencies");
