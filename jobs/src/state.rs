@@ -35,6 +35,7 @@ pg_enum!(
         Reserved = "reserved",
         Packed = "packed",
         Labelled = "labelled",
+        OnHold = "on_hold",
         Shipped = "shipped",
         Cancelled = "cancelled",
         Rejected = "rejected",
