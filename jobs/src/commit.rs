@@ -97,7 +97,17 @@ pub async fn run(deps: &Deps, job: CommitJob) -> Result<(), JobError> {
         });
     }
     for (package_id, request) in pushes {
-        let outcome = api.create_fulfillment(&request).await?;
+        let outcome = match api.create_fulfillment(&request).await {
+            Ok(outcome) => outcome,
+            // The channel refuses fulfillments of an order cancelled or
+            // edited there; if Conveyor has seen that change meanwhile, the
+            // cancel job or ops take the order from here.
+            Err(e) if !still_labelled(pool, job.order_id).await? => {
+                tracing::info!(order_id = job.order_id, error = %e, "order changed while committing; not shipped");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let fulfillment_id = match outcome {
             FulfillmentOutcome::Created { fulfillment_id } => Some(fulfillment_id),
             FulfillmentOutcome::AlreadyFulfilled => {
@@ -159,4 +169,12 @@ pub async fn run(deps: &Deps, job: CommitJob) -> Result<(), JobError> {
     tx.commit().await?;
     tracing::info!(order_id = job.order_id, "order shipped");
     Ok(())
+}
+
+async fn still_labelled(pool: &sqlx::PgPool, order_id: i64) -> Result<bool, JobError> {
+    let state: OrderState = sqlx::query_scalar("SELECT state FROM orders WHERE id = $1")
+        .bind(order_id)
+        .fetch_one(pool)
+        .await?;
+    Ok(state == OrderState::Labelled)
 }

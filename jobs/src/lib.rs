@@ -9,6 +9,7 @@
 pub mod address;
 pub mod allocation;
 pub mod breaker;
+pub mod cancel;
 pub mod carrier;
 pub mod catalog;
 pub mod channel;
@@ -33,6 +34,7 @@ pub mod rate;
 pub mod rate_choice;
 pub mod raw;
 pub mod render;
+pub mod replan;
 pub mod reserve;
 pub mod retry;
 pub mod runner;

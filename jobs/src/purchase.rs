@@ -14,6 +14,11 @@
 //! Then the label and the packing slip are merged into one print-ready PDF
 //! (label pages first); the last package of an order to get its label moves
 //! the order to `labelled` and enqueues commit, in the same transaction.
+//!
+//! A package voided while its label was being bought (the order was
+//! cancelled or re-planned on the channel) does not keep the label: the run
+//! that finds it voided, now or on a retry, refunds it
+//! (`crate::cancel::refund_label`). Nothing is bought for an order on hold.
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -24,7 +29,7 @@ use crate::error::{ErrorClass, JobError};
 use crate::package::chosen_rate;
 use crate::pdf::{merge_print_ready, page_count};
 use crate::queue::{NewJob, Queue, enqueue};
-use crate::state::{DocumentKind, LabelState, PackageState};
+use crate::state::{DocumentKind, LabelState, OrderState, PackageState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseJob {
@@ -52,11 +57,12 @@ pub async fn run(
     job: PurchaseJob,
 ) -> Result<(), JobError> {
     let mut conn = pool.acquire().await?;
-    let state: Option<PackageState> =
-        sqlx::query_scalar("SELECT state FROM packages WHERE id = $1")
-            .bind(job.package_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let state: Option<(PackageState, OrderState)> = sqlx::query_as(
+        "SELECT p.state, o.state FROM packages p JOIN orders o ON o.id = p.order_id WHERE p.id = $1",
+    )
+    .bind(job.package_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     match state {
         None => {
             return Err(JobError::permanent(format!(
@@ -64,11 +70,24 @@ pub async fn run(
                 job.package_id
             )));
         }
-        Some(PackageState::Rendered) => {}
-        // Purchased already (a repeat), or not ready / voided: nothing to do.
+        Some((PackageState::Rendered, OrderState::Packed)) => {}
+        // Voided (order cancelled or re-planned) while an earlier run of
+        // this job was buying: whatever it bought is refunded.
+        Some((PackageState::Voided, _)) => {
+            drop(conn);
+            crate::cancel::refund_label(pool, carrier, job.package_id).await?;
+            return Ok(());
+        }
+        // Purchased already (a repeat), not ready, or the order is on hold:
+        // nothing to do.
         Some(_) => return Ok(()),
     }
-    let rate = chosen_rate(&mut conn, job.package_id).await?;
+    let rate = match chosen_rate(&mut conn, job.package_id).await {
+        Ok(rate) => rate,
+        // A re-plan dropped the quotes of the package just now.
+        Err(_) if package_voided(&mut conn, job.package_id).await? => return Ok(()),
+        Err(e) => return Err(e),
+    };
 
     // Record the shipment before buying, so any later run knows to look.
     let created = sqlx::query(
@@ -158,6 +177,12 @@ pub async fn run(
             .fetch_one(&mut *tx)
             .await?;
     if state != PackageState::Rendered {
+        drop(tx);
+        if state == PackageState::Voided {
+            // The order was cancelled or re-planned while the carrier sold
+            // this label: it will not ship, so it is refunded.
+            crate::cancel::refund_label(pool, carrier, job.package_id).await?;
+        }
         return Ok(());
     }
     let slip: Vec<u8> = sqlx::query_scalar(
@@ -202,11 +227,19 @@ pub async fn run(
     .bind(order_version)
     .fetch_one(&mut *tx)
     .await?;
-    if waiting == 0 {
-        sqlx::query("UPDATE orders SET state = 'labelled', updated_at = now() WHERE id = $1 AND state = 'packed'")
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await?;
+    // An order put on hold meanwhile keeps its labels but is not committed.
+    let labelled = waiting == 0
+        && sqlx::query(
+            "UPDATE orders SET state = 'labelled', updated_at = now()
+             WHERE id = $1 AND state = 'packed' AND version = $2",
+        )
+        .bind(order_id)
+        .bind(order_version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+    if labelled {
         enqueue(
             &mut tx,
             &[CommitJob {
@@ -219,6 +252,14 @@ pub async fn run(
     }
     tx.commit().await?;
     Ok(())
+}
+
+async fn package_voided(conn: &mut sqlx::PgConnection, package_id: i64) -> Result<bool, JobError> {
+    let state: PackageState = sqlx::query_scalar("SELECT state FROM packages WHERE id = $1")
+        .bind(package_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(state == PackageState::Voided)
 }
 
 /// Buys the rate; if the carrier says postage exists or the outcome is

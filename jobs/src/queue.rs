@@ -1,4 +1,5 @@
-//! The seven queues and how work is put on them.
+//! The queues and how work is put on them: the seven steps of the
+//! pipeline, and `cancel` for orders cancelled on the channel after import.
 //!
 //! Each pipeline step has its own apalis-postgres queue with a stable name
 //! (`"purchase"`), never a Rust type path, so rows already queued survive a
@@ -35,10 +36,11 @@ pub enum Queue {
     Render,
     Purchase,
     Commit,
+    Cancel,
 }
 
 impl Queue {
-    pub const ALL: [Queue; 7] = [
+    pub const ALL: [Queue; 8] = [
         Queue::Import,
         Queue::Reserve,
         Queue::Split,
@@ -46,6 +48,7 @@ impl Queue {
         Queue::Render,
         Queue::Purchase,
         Queue::Commit,
+        Queue::Cancel,
     ];
 
     /// The queue's name in `apalis.jobs.job_type`.
@@ -58,6 +61,7 @@ impl Queue {
             Queue::Render => "render",
             Queue::Purchase => "purchase",
             Queue::Commit => "commit",
+            Queue::Cancel => "cancel",
         }
     }
 }
@@ -74,7 +78,7 @@ impl FromStr for Queue {
         Queue::ALL
             .into_iter()
             .find(|q| q.name() == s)
-            .ok_or_else(|| format!("unknown queue {s:?}; queues are import, reserve, split, rate, render, purchase, commit"))
+            .ok_or_else(|| format!("unknown queue {s:?}; queues are import, reserve, split, rate, render, purchase, commit, cancel"))
     }
 }
 

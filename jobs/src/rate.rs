@@ -15,7 +15,7 @@ use crate::package::PackageView;
 use crate::queue::{NewJob, Queue, enqueue};
 use crate::rate_choice::{ServiceLevel, choose_rate};
 use crate::render::RenderJob;
-use crate::state::PackageState;
+use crate::state::{OrderState, PackageState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateJob {
@@ -41,7 +41,9 @@ pub async fn run(pool: &PgPool, carrier: &dyn CarrierApi, job: RateJob) -> Resul
         let mut conn = pool.acquire().await?;
         PackageView::load(&mut conn, job.package_id, false).await?
     };
-    if package.state != PackageState::Planned {
+    // A voided package (its order cancelled or re-planned) or an order on
+    // hold: nothing to rate.
+    if package.state != PackageState::Planned || package.order_state != OrderState::Packed {
         return Ok(());
     }
     let request = ShipmentRequest {

@@ -12,7 +12,7 @@ use crate::package::{PackageView, chosen_rate};
 use crate::pdf::{PackingSlip, SlipLine, page_count, render_packing_slip};
 use crate::purchase::PurchaseJob;
 use crate::queue::{NewJob, Queue, enqueue};
-use crate::state::{DocumentKind, PackageState};
+use crate::state::{DocumentKind, OrderState, PackageState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenderJob {
@@ -52,7 +52,7 @@ pub fn slip_for(package: &PackageView, carrier_service: Option<String>) -> Packi
 pub async fn run(pool: &PgPool, job: RenderJob) -> Result<(), JobError> {
     let mut tx = pool.begin().await?;
     let package = PackageView::load(&mut tx, job.package_id, true).await?;
-    if package.state != PackageState::Rated {
+    if package.state != PackageState::Rated || package.order_state != OrderState::Packed {
         return Ok(());
     }
     let rate = chosen_rate(&mut tx, package.id).await?;

@@ -57,6 +57,10 @@ pub async fn run(pool: &PgPool, job: ReserveJob) -> Result<(), JobError> {
         tracing::debug!(order_id = job.order_id, %state, "reserve: nothing to do");
         return Ok(());
     }
+    // An order re-planned after an edit still holds its old plan's stock:
+    // released here, under the order's lock and before any other stock
+    // lock, so that the new plan is allocated from scratch.
+    crate::replan::release_reservations(&mut tx, job.order_id).await?;
     let complete = allocate(&mut tx, job.order_id).await?;
     advance(&mut tx, job.order_id, version, complete).await?;
     tx.commit().await?;
@@ -94,7 +98,7 @@ pub async fn allocate(tx: &mut PgConnection, order_id: i64) -> Result<bool, JobE
         "SELECT l.id, l.sku, l.quantity,
                 COALESCE((SELECT sum(r.quantity) FROM reservations r
                           WHERE r.order_line_id = l.id AND r.state = 'held'), 0)::bigint
-         FROM order_lines l WHERE l.order_id = $1 ORDER BY l.id",
+         FROM order_lines l WHERE l.order_id = $1 AND l.quantity > 0 ORDER BY l.id",
     )
     .bind(order_id)
     .fetch_all(&mut *tx)

@@ -56,7 +56,7 @@ use crate::queue::Queue;
 use crate::raw::{RawPayload, RawPayloads, parse_json};
 use crate::retry::Deferral;
 use crate::settings::{QueueSettings, Settings};
-use crate::{commit, import, purchase, rate, render, reserve, split};
+use crate::{cancel, commit, import, purchase, rate, render, reserve, split};
 
 /// Everything a handler may need. Each handler takes only the pieces it uses.
 pub struct Deps {
@@ -312,6 +312,7 @@ pub async fn dispatch(
         Queue::Render => render::run(&deps.pool, decode(payload)?).await,
         Queue::Purchase => purchase::run(&deps.pool, deps.carrier.as_ref(), decode(payload)?).await,
         Queue::Commit => commit::run(deps, decode(payload)?).await,
+        Queue::Cancel => cancel::run(&deps.pool, deps.carrier.as_ref(), decode(payload)?).await,
     }
 }
 

@@ -263,6 +263,8 @@ impl QueueSettings {
             Queue::Rate => (16, 12, 1_000, 300),
             Queue::Purchase => (16, 15, 2_000, 600),
             Queue::Commit => (16, 20, 2_000, 900),
+            // Refunds labels: retried as patiently as a purchase.
+            Queue::Cancel => (4, 15, 2_000, 600),
         };
         QueueSettings {
             concurrency,

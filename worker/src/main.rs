@@ -16,7 +16,7 @@ struct Args {
     /// Settings file (TOML); `CONVEYOR_*` environment variables override it.
     #[arg(long, env = "CONVEYOR_CONFIG")]
     config: Option<PathBuf>,
-    /// Queues to run, comma separated (default: all seven).
+    /// Queues to run, comma separated (default: all of them).
     #[arg(long, value_delimiter = ',')]
     queues: Vec<Queue>,
     /// Address for /metrics, /healthz and /readyz (overrides worker.listen).
