@@ -11,6 +11,11 @@
 //!
 //! A malformed order is recorded as `rejected` with its reason and raw
 //! payload; it never blocks the rest of the page.
+//!
+//! A newer version of an order already in the pipeline goes through
+//! `crate::replan`: a cancellation enqueues the cancel job, an edit
+//! re-plans the order (or puts it on hold once a label was bought), in the
+//! same page transaction.
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,6 +25,7 @@ use crate::channel::{ChannelOrder, RejectedOrder};
 use crate::error::JobError;
 use crate::queue::{NewJob, Queue, enqueue};
 use crate::rate_choice::ServiceLevel;
+use crate::replan::Prior;
 use crate::reserve::ReserveJob;
 use crate::runner::Deps;
 
@@ -134,7 +140,10 @@ async fn import_pages(
                         jobs.push(ReserveJob { order_id, version }.to_job());
                     }
                 }
-                Upserted::Updated => report.updated_orders += 1,
+                Upserted::Updated(next) => {
+                    report.updated_orders += 1;
+                    jobs.extend(next);
+                }
                 Upserted::Unchanged => report.unchanged_orders += 1,
             }
         }
@@ -174,8 +183,13 @@ async fn import_pages(
 }
 
 enum Upserted {
-    New { order_id: i64, version: i32 },
-    Updated,
+    New {
+        order_id: i64,
+        version: i32,
+    },
+    /// A newer version of an order in the pipeline, with the jobs it makes
+    /// due (cancel, or reserve under a new version).
+    Updated(Vec<NewJob>),
     Unchanged,
 }
 
@@ -193,6 +207,15 @@ async fn upsert_order(
         .unwrap_or_else(|| "standard".into());
     let ship_to = serde_json::to_value(&order.ship_to).unwrap_or_default();
     let cancelled = order.cancelled_at.is_some();
+    // The stored version, locked: what an edit changes is judged against it.
+    let prior: Option<Prior> = sqlx::query_as(
+        "SELECT state, version, ship_to, service_level FROM orders
+         WHERE channel_id = $1 AND external_id = $2 FOR UPDATE",
+    )
+    .bind(channel_id)
+    .bind(&order.external_id)
+    .fetch_optional(&mut *tx)
+    .await?;
     let row: Option<(i64, i32, bool, bool)> = sqlx::query_as(
         "INSERT INTO orders (channel_id, external_id, name, state, channel_updated_at, service_level, ship_to, raw, cancelled_at)
          VALUES ($1, $2, $3, CASE WHEN $8 THEN 'cancelled'::order_state ELSE 'imported'::order_state END, $4, $5, $6, $7,
@@ -200,8 +223,8 @@ async fn upsert_order(
          ON CONFLICT (channel_id, external_id) DO UPDATE
              SET name = EXCLUDED.name,
                  channel_updated_at = EXCLUDED.channel_updated_at,
-                 service_level = EXCLUDED.service_level,
-                 ship_to = EXCLUDED.ship_to,
+                 service_level = CASE WHEN orders.state = 'rejected' THEN EXCLUDED.service_level ELSE orders.service_level END,
+                 ship_to = CASE WHEN orders.state = 'rejected' THEN EXCLUDED.ship_to ELSE orders.ship_to END,
                  raw = EXCLUDED.raw,
                  updated_at = now(),
                  state = CASE WHEN orders.state = 'rejected' THEN EXCLUDED.state ELSE orders.state END,
@@ -227,9 +250,15 @@ async fn upsert_order(
     };
     if !inserted && !no_lines {
         // A newer version of an order already in the pipeline: the raw
-        // payload and address are refreshed above; re-planning edits and
-        // cancellations after import is the pipeline's next capability.
-        return Ok(Upserted::Updated);
+        // payload is refreshed above; the plan (lines, ship-to, service
+        // level) only changes through a re-plan.
+        if let Some(prior) = prior {
+            let (outcome, jobs) =
+                crate::replan::on_newer_version(tx, order_id, &prior, order, &level).await?;
+            tracing::debug!(order_id, ?outcome, "newer version of an order");
+            return Ok(Upserted::Updated(jobs));
+        }
+        return Ok(Upserted::Updated(Vec::new()));
     }
     for line in &order.lines {
         sqlx::query(
