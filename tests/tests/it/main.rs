@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod dlq;
+mod edits;
 mod idempotency;
 mod pipeline;
 mod retries;
