@@ -31,6 +31,20 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .await
 }
 
+/// A pool for LISTEN connections only, opened lazily: each queue's worker
+/// holds one connection of it for as long as it runs (sqlx's listener keeps
+/// the pooled connection it starts with), so listeners never take the
+/// connections the jobs need from the main pool.
+pub fn listen_pool(url: &str, listeners: u32) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Trace);
+    Ok(PgPoolOptions::new()
+        // A restarted worker opens its listener before the old one is
+        // dropped: room for that too.
+        .max_connections(listeners.saturating_mul(2).max(2))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options))
+}
+
 /// Applies the queue's and Conveyor's migrations. Safe to run any number of
 /// times, from any number of processes (sqlx takes an advisory lock).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

@@ -56,12 +56,13 @@ pub async fn run(
     carrier: &dyn CarrierApi,
     job: PurchaseJob,
 ) -> Result<(), JobError> {
-    let mut conn = pool.acquire().await?;
+    // No connection is held across a carrier call: each statement takes
+    // one from the pool and gives it back.
     let state: Option<(PackageState, OrderState)> = sqlx::query_as(
         "SELECT p.state, o.state FROM packages p JOIN orders o ON o.id = p.order_id WHERE p.id = $1",
     )
     .bind(job.package_id)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(pool)
     .await?;
     match state {
         None => {
@@ -74,7 +75,6 @@ pub async fn run(
         // Voided (order cancelled or re-planned) while an earlier run of
         // this job was buying: whatever it bought is refunded.
         Some((PackageState::Voided, _)) => {
-            drop(conn);
             crate::cancel::refund_label(pool, carrier, job.package_id).await?;
             return Ok(());
         }
@@ -82,11 +82,14 @@ pub async fn run(
         // nothing to do.
         Some(_) => return Ok(()),
     }
-    let rate = match chosen_rate(&mut conn, job.package_id).await {
-        Ok(rate) => rate,
-        // A re-plan dropped the quotes of the package just now.
-        Err(_) if package_voided(&mut conn, job.package_id).await? => return Ok(()),
-        Err(e) => return Err(e),
+    let rate = {
+        let mut conn = pool.acquire().await?;
+        match chosen_rate(&mut conn, job.package_id).await {
+            Ok(rate) => rate,
+            // A re-plan dropped the quotes of the package just now.
+            Err(_) if package_voided(&mut conn, job.package_id).await? => return Ok(()),
+            Err(e) => return Err(e),
+        }
     };
 
     // Record the shipment before buying, so any later run knows to look.
@@ -102,7 +105,7 @@ pub async fn run(
     .bind(&rate.carrier)
     .bind(&rate.service)
     .bind(rate.amount_cents)
-    .execute(&mut *conn)
+    .execute(pool)
     .await?
     .rows_affected()
         == 1;
@@ -111,7 +114,7 @@ pub async fn run(
             "SELECT state, carrier_shipment_id, tracking_code, label_url FROM labels WHERE package_id = $1",
         )
         .bind(job.package_id)
-        .fetch_one(&mut *conn)
+        .fetch_one(pool)
         .await?;
 
     let label_url = match (label_state, tracking, label_url) {
@@ -152,13 +155,11 @@ pub async fn run(
             .bind(&postage.carrier)
             .bind(&postage.service)
             .bind(&postage.rate_id)
-            .execute(&mut *conn)
+            .execute(pool)
             .await?;
             postage.label_url
         }
     };
-    drop(conn);
-
     let label_pdf = crate::in_call::read(|| carrier.fetch_label(&label_url)).await?;
     let mut tx = pool.begin().await?;
     let (order_id, order_version): (i64, i32) =

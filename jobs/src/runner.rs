@@ -182,6 +182,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     register_channels(&deps.pool, &deps.settings).await?;
+    let listen_pool = crate::db::listen_pool(&deps.settings.database.url, queues.len() as u32)?;
     let deadline = Duration::from_secs(deps.settings.worker.shutdown_deadline_secs);
     let mut monitor = Monitor::new()
         .shutdown_timeout(deadline)
@@ -193,6 +194,7 @@ pub async fn run(
         });
     for queue in queues {
         let deps = deps.clone();
+        let listen_pool = listen_pool.clone();
         monitor = monitor.register(move |restarts| {
             let s = &deps.settings;
             let config = Config::default()
@@ -203,7 +205,7 @@ pub async fn run(
             // LISTEN/NOTIFY picks new jobs up at once; the short interval
             // picks up jobs whose run_at (a backoff) has come.
             let strategy = Strategy::new()
-                .stream(Pubsub::new(deps.pool.clone(), queue.name().to_string()))
+                .stream(Pubsub::new(listen_pool.clone(), queue.name().to_string()))
                 .interval(Duration::from_millis(s.worker.poll_interval_ms.max(5)));
             // Handlers get the stored bytes and read them themselves, so
             // that a payload which is not JSON is dead-lettered, not stuck.
