@@ -4,8 +4,8 @@
 //! Key: channel + scheduler tick, so two schedulers firing together make one
 //! job. The job reads from `cursor - overlap` so that an order written while
 //! the previous import ran is seen again; upserts keep only the newest
-//! version the channel sent (by its `updatedAt`, and by its body when two
-//! versions share an `updatedAt` second), so seeing an order twice changes
+//! version the channel sent (by its `updatedAt`; a cancellation within the
+//! same `updatedAt` second also counts as newer), so seeing an order twice changes
 //! nothing. Each page is one transaction: its orders, the reserve
 //! jobs for new ones, and the cursor move together, so a crash mid-import
 //! loses nothing and repeats nothing that matters.
@@ -233,9 +233,14 @@ async fn upsert_order(
                  rejected_reason = CASE WHEN orders.state = 'rejected' THEN NULL ELSE orders.rejected_reason END,
                  version = CASE WHEN orders.state = 'rejected' THEN orders.version + 1 ELSE orders.version END
              WHERE orders.channel_updated_at < EXCLUDED.channel_updated_at
-                -- updatedAt has whole seconds: two changes in one second
-                -- carry the same one, and the later is told apart by its body.
-                OR (orders.channel_updated_at = EXCLUDED.channel_updated_at AND orders.raw <> EXCLUDED.raw)
+                -- updatedAt has whole seconds: a cancellation in the same
+                -- second as the version we hold carries the same one. Only
+                -- that is told apart (an order is never un-cancelled); any
+                -- other same-second body is not taken as newer, so that a
+                -- re-read never flips an order between two versions.
+                OR (orders.channel_updated_at = EXCLUDED.channel_updated_at
+                    AND orders.raw ->> 'cancelledAt' IS NULL
+                    AND EXCLUDED.raw ->> 'cancelledAt' IS NOT NULL)
          RETURNING id, version, (xmax = 0) AS inserted,
                    (SELECT count(*) = 0 FROM order_lines l WHERE l.order_id = orders.id) AS no_lines",
     )
