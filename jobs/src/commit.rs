@@ -108,6 +108,8 @@ pub async fn run(deps: &Deps, job: CommitJob) -> Result<(), JobError> {
             }
             Err(e) => return Err(e.into()),
         };
+        // The channel holds the fulfillment; we have not recorded it.
+        crate::crash::point("commit.after_push");
         let fulfillment_id = match outcome {
             FulfillmentOutcome::Created { fulfillment_id } => Some(fulfillment_id),
             FulfillmentOutcome::AlreadyFulfilled => {
@@ -128,6 +130,7 @@ pub async fn run(deps: &Deps, job: CommitJob) -> Result<(), JobError> {
         .bind(fulfillment_id)
         .execute(pool)
         .await?;
+        crate::crash::point("commit.after_record");
     }
 
     let mut tx = pool.begin().await?;

@@ -154,6 +154,7 @@ async fn import_pages(
             report.rejected_orders += 1;
         }
         enqueue(&mut tx, &jobs).await?;
+        crate::crash::point("import.after_upsert");
         let still_ours = sqlx::query(
             "UPDATE channels SET cursor = GREATEST(cursor, $2), last_import_at = now(),
                     import_lease_until = now() + make_interval(secs => $4)

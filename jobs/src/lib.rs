@@ -14,6 +14,7 @@ pub mod carrier;
 pub mod catalog;
 pub mod channel;
 pub mod commit;
+pub mod crash;
 pub mod db;
 pub mod dead_letter;
 pub mod dlq_http;

@@ -109,6 +109,7 @@ pub async fn run(
     .await?
     .rows_affected()
         == 1;
+    crate::crash::point("purchase.after_record");
     let (label_state, shipment_id, tracking, label_url): (LabelState, String, Option<String>, Option<String>) =
         sqlx::query_as(
             "SELECT state, carrier_shipment_id, tracking_code, label_url FROM labels WHERE package_id = $1",
@@ -143,6 +144,8 @@ pub async fn run(
                 }
                 None => buy_or_adopt(carrier, &shipment_id, &rate.carrier_rate_id).await?,
             };
+            // Postage is bought and paid for; only the carrier knows it yet.
+            crate::crash::point("purchase.after_buy");
             sqlx::query(
                 "UPDATE labels SET state = 'purchased', tracking_code = $2, label_url = $3, purchased_at = now(),
                         carrier = COALESCE($4, carrier), service = COALESCE($5, service),
@@ -201,6 +204,7 @@ pub async fn run(
             job.package_id
         ))
     })?;
+    crate::crash::point("purchase.after_merge");
     for (kind, pdf) in [
         (DocumentKind::Label, &label_pdf),
         (DocumentKind::PrintReady, &merged),

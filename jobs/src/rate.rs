@@ -70,6 +70,8 @@ pub async fn run(pool: &PgPool, carrier: &dyn CarrierApi, job: RateJob) -> Resul
                 shipment.rates.len()
             ))
         })?;
+    // The carrier holds a shipment with these quotes; nothing of it is stored yet.
+    crate::crash::point("rate.after_quotes");
 
     let mut tx = pool.begin().await?;
     let state: PackageState =

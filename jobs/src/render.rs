@@ -83,5 +83,6 @@ pub async fn run(pool: &PgPool, job: RenderJob) -> Result<(), JobError> {
     )
     .await?;
     tx.commit().await?;
+    crate::crash::point("render.after_store");
     Ok(())
 }

@@ -64,6 +64,7 @@ pub async fn run(pool: &PgPool, job: ReserveJob) -> Result<(), JobError> {
     let complete = allocate(&mut tx, job.order_id).await?;
     advance(&mut tx, job.order_id, version, complete).await?;
     tx.commit().await?;
+    crate::crash::point("reserve.after_commit");
     Ok(())
 }
 

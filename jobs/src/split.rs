@@ -141,5 +141,6 @@ pub async fn run(
         .await?;
     enqueue(&mut tx, &jobs).await?;
     tx.commit().await?;
+    crate::crash::point("split.after_commit");
     Ok(())
 }
