@@ -36,7 +36,9 @@ use chrono::{DateTime, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::carrier::{BuyOutcome, CarrierApi, CarrierShipment, ShipmentRequest};
-use crate::channel::{ChannelApi, FulfillmentOutcome, FulfillmentRequest, OrdersPage};
+use crate::channel::{
+    ChannelApi, ChannelFulfillment, FulfillmentOutcome, FulfillmentRequest, OrdersPage,
+};
 use crate::error::{ApiError, ErrorClass};
 use crate::metrics::Metrics;
 use crate::settings::{BreakerSettings, Settings};
@@ -707,6 +709,15 @@ impl ChannelApi for BreakerChannel {
     ) -> Result<FulfillmentOutcome, ApiError> {
         self.breaker
             .call(|| self.inner.create_fulfillment(request))
+            .await
+    }
+
+    async fn fulfillments(
+        &self,
+        order_external_id: &str,
+    ) -> Result<Vec<ChannelFulfillment>, ApiError> {
+        self.breaker
+            .call(|| self.inner.fulfillments(order_external_id))
             .await
     }
 }

@@ -2,9 +2,15 @@
 //!
 //! Key: order + version. Runs once every package of the order has its label.
 //! For each package not yet pushed, it pushes a fulfillment with that
-//! package's lines and tracking number to the channel and records the push
-//! (a channel that already holds the fulfillment counts as done, so a retry
-//! after a crash between the push and the record never fulfils twice). Then,
+//! package's lines and tracking number to the channel and records the push.
+//! Before pushing, it reads the fulfillments the channel already holds for
+//! the order: a package whose tracking number is among them was pushed by a
+//! run that died before recording it, and is recorded, not pushed again.
+//! (Asking the channel per line is not enough: when one line is split
+//! across packages, a second push of the first package would take units
+//! left for a later package and fulfil them under the wrong tracking
+//! number.) A channel that says the lines are fulfilled already also counts
+//! as done. Then,
 //! in one transaction, it commits the order's held reservations (stock
 //! leaves `on_hand` and `reserved` together) and marks the order shipped.
 
@@ -12,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::channel::{FulfillmentLine, FulfillmentOutcome, FulfillmentRequest};
+use crate::channel::{ChannelFulfillment, FulfillmentLine, FulfillmentOutcome, FulfillmentRequest};
 use crate::error::JobError;
 use crate::queue::{NewJob, Queue};
 use crate::runner::Deps;
@@ -96,29 +102,46 @@ pub async fn run(deps: &Deps, job: CommitJob) -> Result<(), JobError> {
             quantity: row.quantity as u32,
         });
     }
+    let on_channel: Vec<ChannelFulfillment> = if pushes.is_empty() {
+        Vec::new()
+    } else {
+        crate::in_call::read(|| api.fulfillments(&external_id)).await?
+    };
     for (package_id, request) in pushes {
-        let outcome = match api.create_fulfillment(&request).await {
-            Ok(outcome) => outcome,
-            // The channel refuses fulfillments of an order cancelled or
-            // edited there; if Conveyor has seen that change meanwhile, the
-            // cancel job or ops take the order from here.
-            Err(e) if !still_labelled(pool, job.order_id).await? => {
-                tracing::info!(order_id = job.order_id, error = %e, "order changed while committing; not shipped");
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        // The channel holds the fulfillment; we have not recorded it.
-        crate::crash::point("commit.after_push");
-        let fulfillment_id = match outcome {
-            FulfillmentOutcome::Created { fulfillment_id } => Some(fulfillment_id),
-            FulfillmentOutcome::AlreadyFulfilled => {
-                tracing::info!(
-                    order_id = job.order_id,
-                    package_id,
-                    "channel already holds this fulfillment"
-                );
-                None
+        let pushed_before = on_channel
+            .iter()
+            .find(|f| f.tracking_numbers.contains(&request.tracking_number));
+        let fulfillment_id = if let Some(earlier) = pushed_before {
+            tracing::info!(
+                order_id = job.order_id,
+                package_id,
+                "channel already holds this package's fulfillment; recording it"
+            );
+            Some(earlier.fulfillment_id.clone())
+        } else {
+            let outcome = match api.create_fulfillment(&request).await {
+                Ok(outcome) => outcome,
+                // The channel refuses fulfillments of an order cancelled or
+                // edited there; if Conveyor has seen that change meanwhile,
+                // the cancel job or ops take the order from here.
+                Err(e) if !still_labelled(pool, job.order_id).await? => {
+                    tracing::info!(order_id = job.order_id, error = %e, "order changed while committing; not shipped");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            // The channel holds the fulfillment; we have not recorded it.
+            crate::crash::point("commit.after_push");
+            match outcome {
+                FulfillmentOutcome::Created { fulfillment_id } => Some(fulfillment_id),
+                FulfillmentOutcome::AlreadyFulfilled => {
+                    tracing::info!(
+                        order_id = job.order_id,
+                        package_id,
+                        "channel already holds this fulfillment"
+                    );
+                    None
+                }
             }
         };
         sqlx::query(

@@ -57,7 +57,9 @@ use redis::aio::ConnectionManager;
 
 use crate::breaker::REDIS_WAIT;
 use crate::carrier::{BuyOutcome, CarrierApi, CarrierShipment, ShipmentRequest};
-use crate::channel::{ChannelApi, FulfillmentOutcome, FulfillmentRequest, OrdersPage};
+use crate::channel::{
+    ChannelApi, ChannelFulfillment, FulfillmentOutcome, FulfillmentRequest, OrdersPage,
+};
 use crate::error::{ApiError, ErrorClass};
 use crate::metrics::Metrics;
 use crate::settings::{CARRIER_LIMIT, RateLimit, Settings};
@@ -606,6 +608,14 @@ impl ChannelApi for LimitedChannel {
     ) -> Result<FulfillmentOutcome, ApiError> {
         self.limiter.acquire().await?;
         self.inner.create_fulfillment(request).await
+    }
+
+    async fn fulfillments(
+        &self,
+        order_external_id: &str,
+    ) -> Result<Vec<ChannelFulfillment>, ApiError> {
+        self.limiter.acquire().await?;
+        self.inner.fulfillments(order_external_id).await
     }
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::{Reply, Server, serve};
 use conveyor_jobs::channel::shopify::{MAX_PAGE_SIZE, ShopifyClient};
-use conveyor_jobs::channel::{ChannelApi, FulfillmentLine, FulfillmentOutcome, FulfillmentRequest};
+use conveyor_jobs::channel::{
+    ChannelApi, ChannelFulfillment, FulfillmentLine, FulfillmentOutcome, FulfillmentRequest,
+};
 use conveyor_jobs::error::{ApiError, ErrorClass};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -655,4 +657,83 @@ fn a_base_url_that_is_not_http_is_refused() {
     .unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(!err.to_string().contains(TOKEN));
+}
+
+/// An order's fulfillments: `n` of them, fulfillment k carrying tracking
+/// number `94000k`.
+fn order_fulfillments(n: u32) -> Reply {
+    let list: Vec<Value> = (1..=n)
+        .map(|k| {
+            json!({ "id": format!("gid://shopify/Fulfillment/{k}"), "status": "SUCCESS",
+                "trackingInfo": [{ "number": format!("94000{k}") }] })
+        })
+        .collect();
+    Reply::json(
+        200,
+        json!({ "data": { "order": { "id": "gid://shopify/Order/1", "fulfillments": list } } }),
+    )
+}
+
+#[tokio::test]
+async fn an_orders_fulfillments_are_read_with_their_tracking_numbers_in_one_query() {
+    let server = serve(vec![order_fulfillments(2)]).await;
+    let read = client(&server, Duration::from_secs(5))
+        .fulfillments("gid://shopify/Order/1")
+        .await
+        .unwrap();
+    assert_eq!(
+        read,
+        vec![
+            ChannelFulfillment {
+                fulfillment_id: "gid://shopify/Fulfillment/1".into(),
+                tracking_numbers: vec!["940001".into()],
+            },
+            ChannelFulfillment {
+                fulfillment_id: "gid://shopify/Fulfillment/2".into(),
+                tracking_numbers: vec!["940002".into()],
+            },
+        ]
+    );
+    let sent = server.received();
+    assert_eq!(sent.len(), 1);
+    let body = sent[0].json();
+    assert!(
+        body["query"]
+            .as_str()
+            .unwrap()
+            .starts_with("query OrderFulfillments($id: ID!, $first: Int!)")
+    );
+    assert_eq!(
+        body["variables"],
+        json!({ "id": "gid://shopify/Order/1", "first": 10 })
+    );
+}
+
+#[tokio::test]
+async fn an_order_with_as_many_fulfillments_as_asked_for_is_read_again_in_full() {
+    let server = serve(vec![order_fulfillments(10), order_fulfillments(12)]).await;
+    let read = client(&server, Duration::from_secs(5))
+        .fulfillments("gid://shopify/Order/1")
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 12);
+    assert_eq!(read[11].tracking_numbers, ["9400012"]);
+    let sent = server.received();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].json()["variables"]["first"], 160);
+}
+
+#[tokio::test]
+async fn fulfillments_of_an_unknown_order_are_a_permanent_error() {
+    let server = serve(vec![Reply::json(200, json!({ "data": { "order": null } }))]).await;
+    let err = client(&server, Duration::from_secs(5))
+        .fulfillments("gid://shopify/Order/404")
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message.contains("gid://shopify/Order/404"),
+        "{}",
+        err.message
+    );
 }

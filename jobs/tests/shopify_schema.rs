@@ -37,7 +37,7 @@ fn document(name: &str) -> &'static str {
 #[test]
 fn every_document_the_shopify_client_sends_validates_against_the_2025_01_schema() {
     let documents = ShopifyClient::documents();
-    assert_eq!(documents.len(), 4);
+    assert_eq!(documents.len(), 5);
     for (name, text) in documents {
         if let Err(errors) = validate(name, text) {
             panic!("{name} does not validate against the Shopify schema:\n{errors}");
@@ -60,8 +60,12 @@ fn the_documents_cover_the_orders_page_the_follow_ups_and_the_fulfillment() {
             "OrdersPage",
             "Order",
             "OrderFulfillmentOrders",
+            "OrderFulfillments",
             "fulfillmentCreate"
         ]
+    );
+    assert!(
+        document("OrderFulfillments").contains("query OrderFulfillments($id: ID!, $first: Int!)")
     );
     let page = document("OrdersPage");
     assert!(page.contains("query OrdersPage($first: Int!, $after: String, $query: String)"));

@@ -1008,6 +1008,12 @@ impl Shop {
         } else {
             Vec::new()
         };
+        for number in tracking.iter().filter_map(|t| t.number.as_ref()) {
+            *stats
+                .fulfillments_per_tracking_number
+                .entry(number.clone())
+                .or_default() += 1;
+        }
         let fulfillment = Fulfillment {
             id: fulfillment_id,
             name: format!("{}-F{}", order.name(), order.fulfillments.len() + 1),
@@ -1205,8 +1211,10 @@ mod tests {
         assert_eq!(order.fulfillment_orders[0].status, FoStatus::Closed);
         assert_eq!(order.to_json()["displayFulfillmentStatus"], "FULFILLED");
         assert_eq!(stats.fulfilled_per_line, stats.ordered_per_line);
+        assert_eq!(stats.fulfillments_per_tracking_number["9400"], 1);
         let error = shop.fulfill(&input, &mut stats).unwrap_err();
         assert!(error.message.contains("unfulfillable status= closed"));
+        assert_eq!(stats.fulfillments_per_tracking_number["9400"], 1);
         assert_eq!(stats.over_fulfillment_attempts, 1);
         assert_eq!(stats.fulfillments_created, 1);
     }

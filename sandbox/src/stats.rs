@@ -1,6 +1,7 @@
 //! What the sandbox counts, so that tests can prove Conveyor's promises from the
 //! outside: no label bought twice (`labels_per_reference`), nothing fulfilled beyond
-//! what was ordered (`fulfilled_per_line` against `ordered_per_line`), and how hard
+//! what was ordered (`fulfilled_per_line` against `ordered_per_line`), no package
+//! fulfilled twice (`fulfillments_per_tracking_number`), and how hard
 //! each endpoint was hit (`requests`). Served as JSON by `GET /_sandbox/stats`.
 
 use std::collections::BTreeMap;
@@ -37,6 +38,10 @@ pub struct Stats {
     pub addresses_rejected: u64,
     /// Successful `fulfillmentCreate` calls.
     pub fulfillments_created: u64,
+    /// Fulfillments created per tracking number (Conveyor pushes one package,
+    /// with its own tracking number, per fulfillment). Fulfillments without a
+    /// tracking number are not listed.
+    pub fulfillments_per_tracking_number: BTreeMap<String, u32>,
     /// Quantity fulfilled per LineItem gid.
     pub fulfilled_per_line: BTreeMap<String, u32>,
     /// Quantity ordered per LineItem gid.

@@ -735,3 +735,46 @@ async fn single_objects_can_be_fetched_by_id_and_through_node() {
     assert_eq!(body["data"]["missing"], Value::Null);
     sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_orders_fulfillments_are_read_back_with_their_tracking_numbers() {
+    let sandbox = start(config(1)).await;
+    let (order, fo) = first_fulfillment_order(&sandbox).await;
+    let line = &fo["lineItems"]["nodes"][0];
+    let query = "query OrderFulfillments($id: ID!, $first: Int!) {
+  order(id: $id) {
+    id
+    fulfillments(first: $first) {
+      id
+      status
+      trackingInfo(first: 5) { number }
+    }
+  }
+}";
+    let body = gql(&sandbox, query, json!({ "id": order["id"], "first": 10 })).await;
+    assert_eq!(body["data"]["order"]["fulfillments"], json!([]), "{body}");
+    assert_eq!(body["extensions"]["cost"]["requestedQueryCost"], 61);
+
+    let one = json!({ "fulfillment": {
+        "lineItemsByFulfillmentOrder": [{
+            "fulfillmentOrderId": fo["id"],
+            "fulfillmentOrderLineItems": [{ "id": line["id"], "quantity": 1 }],
+        }],
+        "trackingInfo": { "company": "USPS", "number": "9400100000000000000042" },
+    }});
+    let created = gql(&sandbox, FULFILLMENT_CREATE, one).await;
+    let id = created["data"]["fulfillmentCreate"]["fulfillment"]["id"].clone();
+    assert!(id.is_string(), "{created}");
+
+    let body = gql(&sandbox, query, json!({ "id": order["id"], "first": 10 })).await;
+    assert_eq!(
+        body["data"]["order"]["fulfillments"],
+        json!([{ "id": id, "status": "SUCCESS", "trackingInfo": [{ "number": "9400100000000000000042" }] }])
+    );
+    let stats = sandbox.stats();
+    assert_eq!(
+        stats.fulfillments_per_tracking_number,
+        BTreeMap::from([("9400100000000000000042".to_owned(), 1)])
+    );
+    sandbox.shutdown().await;
+}

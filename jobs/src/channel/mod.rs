@@ -3,8 +3,9 @@
 //!
 //! Channels differ in wire format (Shopify Admin GraphQL, Amazon SP-API, ...)
 //! but the import and commit jobs only need two things from any of them: a
-//! page of orders updated since an instant, and a way to push a fulfillment
-//! with its tracking number. Adapters classify every failure
+//! page of orders updated since an instant, a way to push a fulfillment with
+//! its tracking number, and the fulfillments an order already has (so that a
+//! push that happened but was never recorded is not made again). Adapters classify every failure
 //! ([`crate::error::ApiError`]) where they first understand it.
 
 pub mod shopify;
@@ -104,6 +105,15 @@ pub enum FulfillmentOutcome {
     AlreadyFulfilled,
 }
 
+/// A fulfillment the channel already holds for an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelFulfillment {
+    /// The channel's id for the fulfillment ("gid://shopify/Fulfillment/9").
+    pub fulfillment_id: String,
+    /// The tracking numbers it carries (one per package we push).
+    pub tracking_numbers: Vec<String>,
+}
+
 #[async_trait]
 pub trait ChannelApi: Send + Sync {
     /// Orders updated at or after `updated_since`, oldest first, one page.
@@ -119,4 +129,12 @@ pub trait ChannelApi: Send + Sync {
         &self,
         request: &FulfillmentRequest,
     ) -> Result<FulfillmentOutcome, ApiError>;
+
+    /// The fulfillments the channel already holds for an order (by its
+    /// external id), with their tracking numbers: what an earlier push that
+    /// was never recorded left behind. A read, safe to repeat.
+    async fn fulfillments(
+        &self,
+        order_external_id: &str,
+    ) -> Result<Vec<ChannelFulfillment>, ApiError>;
 }

@@ -3,7 +3,9 @@
 //! Orders come from the `orders` connection, filtered with the search syntax
 //! `updated_at:>='…'` and sorted by `UPDATED_AT` (oldest first), with cursor
 //! pagination. Fulfillments go through `fulfillmentCreate`, addressed by
-//! fulfillment order and fulfillment order line item.
+//! fulfillment order and fulfillment order line item; the ones an order
+//! already has are read from `Order.fulfillments` with their tracking
+//! numbers ([`ORDER_FULFILLMENTS_QUERY`]).
 //!
 //! Shopify rejects any single query whose *requested* cost exceeds 1000 points
 //! (connections cost 2 plus `first` times the cost of one node, objects 1,
@@ -31,8 +33,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::{
-    ChannelApi, ChannelLine, ChannelOrder, FulfillmentOutcome, FulfillmentRequest, OrdersPage,
-    RejectedOrder,
+    ChannelApi, ChannelFulfillment, ChannelLine, ChannelOrder, FulfillmentOutcome,
+    FulfillmentRequest, OrdersPage, RejectedOrder,
 };
 use crate::address::Address;
 use crate::error::{ApiError, ErrorClass};
@@ -67,7 +69,21 @@ const ORDER_QUERY_COST: u32 = 1 + 1 + (2 + 1) + (2 + ORDER_LINES) + ORDER_FULFIL
 /// Requested cost of [`ORDER_FULFILLMENT_ORDERS_QUERY`].
 const ORDER_FULFILLMENT_ORDERS_QUERY_COST: u32 = 1 + ORDER_FULFILLMENT_ORDERS_COST;
 
+/// Fulfillments asked for first, and then, when an order has that many,
+/// all that one query may ask for.
+const FULFILLMENTS_FIRST: u32 = 10;
+const FULFILLMENTS_MAX: u32 = 160;
+/// Tracking entries read per fulfillment (we push one).
+const FULFILLMENT_TRACKING: u32 = 5;
+/// Requested cost of [`ORDER_FULFILLMENTS_QUERY`] for `first` fulfillments:
+/// the order, and per fulfillment the object and its tracking entries.
+const fn order_fulfillments_cost(first: u32) -> u32 {
+    1 + first * (1 + FULFILLMENT_TRACKING)
+}
+
 const _: () = assert!(2 + MAX_PAGE_SIZE * ORDER_NODE_COST <= MAX_QUERY_COST);
+const _: () = assert!(FULFILLMENTS_FIRST < FULFILLMENTS_MAX);
+const _: () = assert!(order_fulfillments_cost(FULFILLMENTS_MAX) <= MAX_QUERY_COST);
 const _: () = assert!(ORDER_QUERY_COST <= MAX_QUERY_COST);
 const _: () = assert!(ORDER_FULFILLMENT_ORDERS_QUERY_COST <= MAX_QUERY_COST);
 
@@ -150,6 +166,19 @@ const ORDER_FULFILLMENT_ORDERS_QUERY: &str = r#"query OrderFulfillmentOrders($id
   }
 }"#;
 
+/// The fulfillments an order already holds, with their tracking numbers.
+/// Requested cost: 1 + first * (1 + 5), at most 961.
+const ORDER_FULFILLMENTS_QUERY: &str = r#"query OrderFulfillments($id: ID!, $first: Int!) {
+  order(id: $id) {
+    id
+    fulfillments(first: $first) {
+      id
+      status
+      trackingInfo(first: 5) { number }
+    }
+  }
+}"#;
+
 const FULFILLMENT_CREATE_MUTATION: &str = r#"mutation fulfillmentCreate($fulfillment: FulfillmentInput!) {
   fulfillmentCreate(fulfillment: $fulfillment) {
     fulfillment { id status }
@@ -157,10 +186,11 @@ const FULFILLMENT_CREATE_MUTATION: &str = r#"mutation fulfillmentCreate($fulfill
   }
 }"#;
 
-static DOCUMENTS: [(&str, &str); 4] = [
+static DOCUMENTS: [(&str, &str); 5] = [
     ("OrdersPage", ORDERS_PAGE_QUERY),
     ("Order", ORDER_QUERY),
     ("OrderFulfillmentOrders", ORDER_FULFILLMENT_ORDERS_QUERY),
+    ("OrderFulfillments", ORDER_FULFILLMENTS_QUERY),
     ("fulfillmentCreate", FULFILLMENT_CREATE_MUTATION),
 ];
 
@@ -475,6 +505,66 @@ impl ChannelApi for ShopifyClient {
             fulfillment_id: fulfillment_id.to_string(),
         })
     }
+
+    async fn fulfillments(
+        &self,
+        order_external_id: &str,
+    ) -> Result<Vec<ChannelFulfillment>, ApiError> {
+        // Orders have a handful of fulfillments: ask for a few, and only
+        // when that many came back, for as many as one query may.
+        for first in [FULFILLMENTS_FIRST, FULFILLMENTS_MAX] {
+            let variables = json!({ "id": order_external_id, "first": first });
+            let data = self
+                .graphql(ORDER_FULFILLMENTS_QUERY, variables, true)
+                .await?;
+            let order = data.get("order").filter(|o| !o.is_null()).ok_or_else(|| {
+                ApiError::new(
+                    API,
+                    ErrorClass::Permanent,
+                    format!("order {order_external_id} was not found"),
+                )
+            })?;
+            let list = order
+                .get("fulfillments")
+                .and_then(Value::as_array)
+                .ok_or_else(|| shape_error("data.order.fulfillments is missing"))?;
+            if list.len() < first as usize {
+                return Ok(parse_fulfillments(list));
+            }
+        }
+        Err(ApiError::new(
+            API,
+            ErrorClass::Permanent,
+            format!(
+                "order {order_external_id} has {FULFILLMENTS_MAX} fulfillments or more, \
+                 more than one query can read"
+            ),
+        ))
+    }
+}
+
+/// The fulfillments that stand (not cancelled or failed), with the tracking
+/// numbers they carry.
+fn parse_fulfillments(list: &[Value]) -> Vec<ChannelFulfillment> {
+    list.iter()
+        .filter(|f| !matches!(text(f, "status"), Some("CANCELLED" | "ERROR" | "FAILURE")))
+        .filter_map(|f| {
+            Some(ChannelFulfillment {
+                fulfillment_id: text(f, "id")?.to_string(),
+                tracking_numbers: f
+                    .get("trackingInfo")
+                    .and_then(Value::as_array)
+                    .map(|infos| {
+                        infos
+                            .iter()
+                            .filter_map(|i| text(i, "number"))
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// `updated_at:>='2025-01-02T03:04:05Z'`. Whole seconds, rounded down, so the
@@ -1224,6 +1314,35 @@ mod tests {
             assert_eq!(count(doc, fulfillment_orders), 1);
         }
         assert_eq!(count(ORDER_QUERY, "shippingLines(first: 1)".into()), 1);
+        let tracking = format!("trackingInfo(first: {FULFILLMENT_TRACKING})");
+        assert_eq!(count(ORDER_FULFILLMENTS_QUERY, tracking), 1);
+        assert_eq!(order_fulfillments_cost(FULFILLMENTS_MAX), 961);
+    }
+
+    #[test]
+    fn fulfillments_that_stand_are_read_with_their_tracking_numbers() {
+        let list = json!([
+            { "id": "gid://shopify/Fulfillment/1", "status": "SUCCESS",
+              "trackingInfo": [{ "number": "9400111" }, { "number": "" }] },
+            { "id": "gid://shopify/Fulfillment/2", "status": "CANCELLED",
+              "trackingInfo": [{ "number": "9400222" }] },
+            { "id": "gid://shopify/Fulfillment/3", "status": "OPEN", "trackingInfo": [] },
+            { "status": "SUCCESS", "trackingInfo": [{ "number": "9400444" }] }
+        ]);
+        let read = parse_fulfillments(list.as_array().unwrap());
+        assert_eq!(
+            read,
+            vec![
+                ChannelFulfillment {
+                    fulfillment_id: "gid://shopify/Fulfillment/1".into(),
+                    tracking_numbers: vec!["9400111".into()],
+                },
+                ChannelFulfillment {
+                    fulfillment_id: "gid://shopify/Fulfillment/3".into(),
+                    tracking_numbers: vec![],
+                },
+            ]
+        );
     }
 
     #[test]
