@@ -8,7 +8,10 @@
 //! same `updatedAt` second also counts as newer), so seeing an order twice changes
 //! nothing. Each page is one transaction: its orders, the reserve
 //! jobs for new ones, and the cursor move together, so a crash mid-import
-//! loses nothing and repeats nothing that matters.
+//! loses nothing and repeats nothing that matters. One import per channel
+//! runs at a time (a lease on the channel row); the lease a crashed run
+//! leaves behind is taken over by the next run of the same job, while
+//! other imports of the channel wait for it to run out.
 //!
 //! A malformed order is recorded as `rejected` with its reason and raw
 //! payload; it never blocks the rest of the page.
@@ -70,8 +73,10 @@ pub async fn run(deps: &Deps, job: ImportJob) -> Result<ImportReport, JobError> 
     };
     // One import per channel at a time across the fleet: overlapping imports
     // would fetch the same pages twice and spend the channel's rate budget.
-    let holder = format!("{}:{}", job.key(), ulid::Ulid::generate());
-    if !take_lease(&deps.pool, channel_id, &holder).await? {
+    // The holder names this job and this run: a run of the same job (after
+    // its worker died holding the lease) takes the lease over at once.
+    let holder = lease_holder(&job, &ulid::Ulid::generate().to_string());
+    if !take_lease(&deps.pool, channel_id, &job, &holder).await? {
         tracing::info!(channel = %job.channel, "another import of this channel is running; this tick is skipped");
         return Ok(ImportReport::default());
     }
@@ -95,14 +100,31 @@ pub async fn run(deps: &Deps, job: ImportJob) -> Result<ImportReport, JobError> 
 /// How long an import's lease lasts without renewal (renewed every page).
 const LEASE_SECS: i64 = 60;
 
-async fn take_lease(pool: &PgPool, channel_id: i64, holder: &str) -> Result<bool, sqlx::Error> {
+/// `{job key}#{run}`: which job holds the lease, and which run of it.
+fn lease_holder(job: &ImportJob, run: &str) -> String {
+    format!("{}#{run}", job.key())
+}
+
+/// Takes the channel's import lease when it is free, ran out, or is held by
+/// an earlier run of the same job. An earlier run is one whose worker died
+/// (the queue only runs a job again when its worker stopped answering); if
+/// it is somehow still alive, it finds the lease gone at its next page and
+/// stops.
+async fn take_lease(
+    pool: &PgPool,
+    channel_id: i64,
+    job: &ImportJob,
+    holder: &str,
+) -> Result<bool, sqlx::Error> {
     let taken = sqlx::query(
         "UPDATE channels SET import_lease_until = now() + make_interval(secs => $3), import_lease_by = $2
-         WHERE id = $1 AND (import_lease_until IS NULL OR import_lease_until < now() OR import_lease_by = $2)",
+         WHERE id = $1 AND (import_lease_until IS NULL OR import_lease_until < now()
+                            OR import_lease_by = $2 OR starts_with(import_lease_by, $4))",
     )
     .bind(channel_id)
     .bind(holder)
     .bind(LEASE_SECS as f64)
+    .bind(lease_holder(job, ""))
     .execute(pool)
     .await?
     .rows_affected();

@@ -4,5 +4,6 @@ mod bad_input;
 mod dlq;
 mod edits;
 mod idempotency;
+mod import_lease;
 mod pipeline;
 mod retries;
