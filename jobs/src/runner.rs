@@ -161,15 +161,38 @@ pub async fn register_channels(pool: &PgPool, settings: &Settings) -> Result<(),
 /// A name unique to this start of this process: a restarted worker must
 /// never reuse a dead one's name, or the dead one's lease would stay alive.
 pub fn unique_worker_name(prefix: &str, queue: Queue, restarts: usize) -> String {
+    format!("{}{queue}-r{restarts}", process_worker_prefix(prefix))
+}
+
+/// How every worker name of this start of this process begins
+/// (`{prefix}-{host}-{pid}-{start time}-`), and no other process's does.
+pub fn process_worker_prefix(prefix: &str) -> String {
     let host = hostname::get()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "host".into());
     let started = START.get_or_init(|| chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f").to_string());
-    format!(
-        "{prefix}-{host}-{}-{started}-{queue}-r{restarts}",
-        std::process::id()
+    format!("{prefix}-{host}-{}-{started}-", std::process::id())
+}
+
+/// Returns every job still claimed by workers whose names begin with
+/// `worker_prefix` to `Pending`, unlocked, so that another worker takes it
+/// at once instead of after the orphan window. For a stopping process:
+/// jobs fetched in a batch but never started (`Queued`) keep their
+/// attempts; jobs cut off at the shutdown deadline (`Running`) spend one,
+/// as apalis counts a re-enqueued orphan. Returns how many were released.
+pub async fn release_claimed(pool: &PgPool, worker_prefix: &str) -> Result<u64, sqlx::Error> {
+    let released = sqlx::query(
+        "UPDATE apalis.jobs
+         SET status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL,
+             attempts = attempts + CASE WHEN status = 'Running' THEN 1 ELSE 0 END
+         WHERE status IN ('Queued', 'Running') AND starts_with(lock_by, $1)",
     )
+    .bind(worker_prefix)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(released)
 }
 
 static START: std::sync::OnceLock<String> = std::sync::OnceLock::new();

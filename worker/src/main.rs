@@ -1,6 +1,8 @@
 //! `conveyor-worker`: runs the pipeline's job queues and serves `/metrics`,
 //! `/healthz` and `/readyz`. SIGTERM stops fetching, lets in-flight jobs
-//! finish within the configured deadline, and exits 0.
+//! finish within the configured deadline, returns every job this process
+//! still holds (fetched but never started, or cut off at the deadline) to
+//! the queue, and exits 0.
 
 use std::path::PathBuf;
 
@@ -54,7 +56,19 @@ async fn main() -> anyhow::Result<()> {
         .await
     });
     tracing::info!(?queues, "worker starting");
-    runner::run(deps, queues, shutdown_signal()).await?;
+    let pool = deps.pool.clone();
+    let ours = runner::process_worker_prefix(&settings.worker.name_prefix);
+    let ran = runner::run(deps, queues, shutdown_signal()).await;
+    // Without this, jobs fetched in a batch but never started stay claimed
+    // by this process until the orphan window runs out.
+    match runner::release_claimed(&pool, &ours).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "returned unfinished jobs to the queue"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not return unfinished jobs; they wait for the orphan window")
+        }
+    }
+    ran?;
     let _ = stop_tx.send(true);
     if let Ok(Err(e)) = server.await {
         tracing::warn!(error = %e, "ops endpoints stopped with an error");
