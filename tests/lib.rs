@@ -13,7 +13,7 @@ use conveyor_jobs::channel::ChannelKind;
 use conveyor_jobs::queue::Queue;
 use conveyor_jobs::runner::{self, Deps};
 use conveyor_jobs::settings::{ChannelSettings, Settings};
-use conveyor_sandbox::{Sandbox, SandboxConfig, ShopifyLimits};
+use conveyor_sandbox::{ApiFaults, Faults, Sandbox, SandboxConfig, ShopifyLimits};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -143,9 +143,13 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
         restore_rate: 1_000.0,
         ..ShopifyLimits::default()
     };
+    let latency = ApiFaults {
+        latency_ms: options.latency.as_millis() as u64,
+        ..ApiFaults::default()
+    };
     let mut sandbox_config = SandboxConfig {
         shopify_limits,
-        latency: options.latency,
+        faults: Faults::everywhere(latency),
         seed: options.seed,
         orders: options.orders,
         catalog,

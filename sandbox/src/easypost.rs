@@ -19,6 +19,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
 
 use crate::App;
+use crate::faults::Api;
 use crate::geo::{distance_miles, zip_location, zone_for_miles};
 use crate::label::{LabelInfo, render_label};
 use crate::orders::format_time;
@@ -254,11 +255,22 @@ fn check_auth(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 /// Common prelude of every carrier API call: latency, auth, injected faults.
 /// `Some` is the answer to send instead of handling the call.
 async fn prelude(app: &App, headers: &HeaderMap) -> Option<Response> {
-    app.delay().await;
+    app.delay(Api::Carrier).await;
     if let Err(error) = check_auth(app, headers) {
         return Some(error.into_response());
     }
-    app.easypost_fault()
+    let refusal = app.refusal(Api::Carrier)?;
+    Some(app.easypost_refusal(refusal).await)
+}
+
+/// What a proxy in front of the API answers when the API took too long.
+pub fn gateway_timeout() -> Response {
+    error_response(
+        StatusCode::GATEWAY_TIMEOUT,
+        "GATEWAY_TIMEOUT",
+        "The server did not answer in time.",
+        json!([]),
+    )
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
@@ -734,7 +746,7 @@ pub async fn buy(
         None => None,
     };
     let base_url = app.public_base_url(&headers);
-    let (response, late) = {
+    let (response, no_answer) = {
         let mut world = app.world();
         let world = &mut *world;
         let Some(shipment) = world.carrier.shipments.get(&id) else {
@@ -767,14 +779,15 @@ pub async fn buy(
         else {
             return not_found(json!([])).into_response();
         };
-        // The label is sold either way; a "timeout" only delays the answer, which
-        // is exactly the unknown outcome Conveyor must reconcile.
-        let late = app.purchase_timeout(world);
-        (json_response(StatusCode::OK, &bought), late)
+        // The label is sold either way; a purchase that never answers is
+        // exactly the unknown outcome Conveyor must reconcile.
+        let no_answer = app.purchase_no_answer(world);
+        (json_response(StatusCode::OK, &bought), no_answer)
     };
-    if let Some(delay) = late {
-        tracing::info!(shipment = %id, ?delay, "purchase succeeded; answering late on purpose");
-        tokio::time::sleep(delay).await;
+    if let Some(hold) = no_answer {
+        tracing::info!(shipment = %id, ?hold, "purchase succeeded; not answering on purpose");
+        app.hold(hold).await;
+        return gateway_timeout();
     }
     response
 }
@@ -817,7 +830,7 @@ pub async fn refund(
 
 /// `GET /labels/{label_id}.pdf`: public, like EasyPost's label file URLs.
 pub async fn label(State(app): State<Arc<App>>, Path(file): Path<String>) -> Response {
-    app.delay().await;
+    app.delay(Api::Carrier).await;
     let label_id = file.strip_suffix(".pdf").unwrap_or(&file);
     let info = {
         let world = app.world();

@@ -5,14 +5,16 @@
 //!
 //! It generates orders from a seed, sells labels, and counts everything a test
 //! needs to prove that no label was bought twice and nothing was over-fulfilled
-//! (`GET /_sandbox/stats`). Knobs inject latency, 5xx and 429 answers, malformed
-//! orders, purchases that succeed but answer late, and edits and cancellations.
+//! (`GET /_sandbox/stats`). Knobs, set per API ([`Faults`]), inject latency, 5xx
+//! and 429 answers, hangs, malformed answers and orders, edits and cancellations
+//! after import, and purchases that succeed but never answer.
 //!
 //! This file holds the configuration, the shared state, the router and the
 //! [`Sandbox`] handle; each API lives in its own module.
 
 mod catalog;
 mod easypost;
+mod faults;
 mod geo;
 mod graphql;
 mod label;
@@ -20,6 +22,7 @@ mod orders;
 mod shopify;
 mod stats;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -30,46 +33,29 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use catalog::{default_catalog, read_catalog_csv};
+pub use faults::{ApiFaults, CarrierFaults, ChannelFaults, Faults};
 pub use graphql::SCHEMA_SDL;
 pub use label::{LabelInfo, render_label};
 pub use shopify::ShopifyLimits;
-pub use stats::Stats;
+pub use stats::{FaultCounts, InjectedFaults, Stats};
 
 use easypost::Carrier;
+use faults::{Api, Refusal};
 use graphql::GraphQl;
 use orders::{Generation, Shop};
 use shopify::CostBucket;
 
 /// The Shopify Admin API path the sandbox serves.
 pub const SHOPIFY_GRAPHQL_PATH: &str = "/admin/api/2025-01/graphql.json";
-
-/// Faults injected into API answers. Rates are probabilities in `0.0..=1.0`, drawn
-/// from an RNG seeded from the sandbox seed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Faults {
-    /// Share of API requests answered with a 5xx before doing anything
-    /// (Shopify: 503 `{"errors": ...}`; EasyPost: 500 with its error body).
-    pub server_error_rate: f64,
-    /// Share of API requests answered "slow down" before doing anything
-    /// (Shopify: 200 with a `THROTTLED` error; EasyPost: 429 `RATE_LIMITED` with
-    /// `Retry-After: 1`).
-    pub rate_limit_rate: f64,
-    /// Share of successful label purchases that answer only after
-    /// `purchase_timeout_ms`: the label is sold, the client most likely times out.
-    pub purchase_timeout_rate: f64,
-    /// How late such a purchase answers, in milliseconds.
-    pub purchase_timeout_ms: u64,
-}
 
 /// How to run a sandbox.
 #[derive(Debug, Clone)]
@@ -86,15 +72,10 @@ pub struct SandboxConfig {
     pub shop_token: String,
     /// Expected EasyPost API key (HTTP Basic user name).
     pub carrier_key: String,
-    /// Delay added to every API response.
-    pub latency: Duration,
     /// Shopify's query cost limits and throttling.
     pub shopify_limits: ShopifyLimits,
-    /// Injected faults (changeable at run time).
+    /// Injected faults per API (changeable at run time).
     pub faults: Faults,
-    /// Share of generated orders that are malformed (no shipping address, or a
-    /// line without SKU).
-    pub malformed_order_rate: f64,
     /// Base URL put into label and tracker URLs. Default: `http://<Host header>`
     /// of the request, else the listening address.
     pub public_url: Option<String>,
@@ -109,10 +90,8 @@ impl Default for SandboxConfig {
             catalog: default_catalog(),
             shop_token: "sandbox-shop-token".to_owned(),
             carrier_key: "sandbox-carrier-key".to_owned(),
-            latency: Duration::ZERO,
             shopify_limits: ShopifyLimits::default(),
             faults: Faults::default(),
-            malformed_order_rate: 0.0,
             public_url: None,
         }
     }
@@ -125,7 +104,47 @@ pub(crate) struct World {
     pub stats: Stats,
     pub bucket: CostBucket,
     pub faults: Faults,
-    pub fault_rng: StdRng,
+    /// Draws of the channel's request faults.
+    pub channel_rng: StdRng,
+    /// Draws of the carrier's request faults.
+    pub carrier_rng: StdRng,
+    /// Draws of edits and cancellations after import, apart from the request
+    /// faults so that page contents do not shift those.
+    pub change_rng: StdRng,
+    /// Orders a client has fetched in a page of `orders` at least once: each
+    /// may be edited or cancelled once, right after its first fetch.
+    pub seen_orders: HashSet<u64>,
+}
+
+impl World {
+    /// Replaces the faults; the malformed-order share applies to orders created
+    /// from now on.
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.shop
+            .set_malformed_rate(faults.channel.malformed_order_rate);
+        self.faults = faults;
+    }
+
+    /// The stats, with the fault total filled in.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.injected_faults = stats.faults.channel.total() + stats.faults.carrier.total();
+        stats
+    }
+
+    fn rng_and_counts(&mut self, api: Api) -> (&mut StdRng, &mut stats::FaultCounts) {
+        match api {
+            Api::Channel => (&mut self.channel_rng, &mut self.stats.faults.channel),
+            Api::Carrier => (&mut self.carrier_rng, &mut self.stats.faults.carrier),
+        }
+    }
+
+    fn api_faults(&self, api: Api) -> &ApiFaults {
+        match api {
+            Api::Channel => &self.faults.channel.api,
+            Api::Carrier => &self.faults.carrier.api,
+        }
+    }
 }
 
 /// Shared by all handlers.
@@ -140,10 +159,16 @@ pub(crate) struct App {
     pub graphql: GraphQl,
     pub world: Mutex<World>,
     pub base_url: String,
+    /// Cancelled when the sandbox stops: requests held on purpose end at once.
+    pub shutdown: CancellationToken,
 }
 
 impl App {
-    fn new(config: SandboxConfig, base_url: String) -> anyhow::Result<Self> {
+    fn new(
+        config: SandboxConfig,
+        base_url: String,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let mut config = config;
         if config.catalog.is_empty() {
             config.catalog = default_catalog();
@@ -152,7 +177,7 @@ impl App {
         let mut shop = Shop::new(Generation {
             seed: config.seed,
             catalog: config.catalog.clone(),
-            malformed_rate: config.malformed_order_rate,
+            malformed_rate: config.faults.channel.malformed_order_rate,
         });
         shop.create_backlog(config.orders, &mut stats);
         let world = World {
@@ -161,13 +186,17 @@ impl App {
             stats,
             bucket: CostBucket::full(&config.shopify_limits),
             faults: config.faults.clone(),
-            fault_rng: StdRng::seed_from_u64(config.seed ^ 0x6661_756c_7473),
+            channel_rng: StdRng::seed_from_u64(config.seed ^ 0x6368_616e_6e65_6c00),
+            carrier_rng: StdRng::seed_from_u64(config.seed ^ 0x6361_7272_6965_7200),
+            change_rng: StdRng::seed_from_u64(config.seed ^ 0x6368_616e_6765_7300),
+            seen_orders: HashSet::new(),
         };
         Ok(Self {
             graphql: GraphQl::new()?,
             world: Mutex::new(world),
             config,
             base_url,
+            shutdown,
         })
     }
 
@@ -178,10 +207,48 @@ impl App {
         self.world.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The configured artificial latency.
-    pub async fn delay(&self) {
-        if !self.config.latency.is_zero() {
-            tokio::time::sleep(self.config.latency).await;
+    /// Waits the API's configured latency.
+    pub async fn delay(&self, api: Api) {
+        let latency = {
+            let mut world = self.world();
+            let latency = Duration::from_millis(world.api_faults(api).latency_ms);
+            if !latency.is_zero() {
+                world.rng_and_counts(api).1.delayed += 1;
+            }
+            latency
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
+    /// Holds a request for `duration`, or until the sandbox stops.
+    pub async fn hold(&self, duration: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+
+    /// Decides whether this request of `api` is refused by an injected fault.
+    pub fn refusal(&self, api: Api) -> Option<Refusal> {
+        let mut world = self.world();
+        let faults = world.api_faults(api).clone();
+        let (rng, counts) = world.rng_and_counts(api);
+        faults.refusal(api, rng, counts)
+    }
+
+    /// `body` itself, or (at the API's malformed rate) a malformed version of
+    /// it, counted.
+    pub fn maybe_malform(&self, api: Api, body: String) -> String {
+        let mut world = self.world();
+        let rate = world.api_faults(api).malformed_rate;
+        let (rng, counts) = world.rng_and_counts(api);
+        if faults::roll(rng, rate) {
+            counts.malformed += 1;
+            faults::malform(&body, rng)
+        } else {
+            body
         }
     }
 
@@ -198,100 +265,155 @@ impl App {
             .unwrap_or_else(|| self.base_url.clone())
     }
 
-    /// Decides whether to inject a fault: `Some(true)` 5xx, `Some(false)` 429.
-    fn roll_fault(&self) -> Option<bool> {
-        let mut world = self.world();
-        let world = &mut *world;
-        let faults = &world.faults;
-        let (error_rate, limit_rate) = (
-            faults.server_error_rate.clamp(0.0, 1.0),
-            faults.rate_limit_rate.clamp(0.0, 1.0),
-        );
-        let fault = if error_rate > 0.0 && world.fault_rng.random_bool(error_rate) {
-            Some(true)
-        } else if limit_rate > 0.0 && world.fault_rng.random_bool(limit_rate) {
-            Some(false)
-        } else {
-            None
-        };
-        if fault.is_some() {
-            world.stats.injected_faults += 1;
-        }
-        fault
-    }
-
-    pub fn shopify_fault(&self) -> Option<Response> {
-        let server_error = self.roll_fault()?;
-        let response = if server_error {
-            (
+    /// The Shopify-shaped answer to an injected refusal (a hang is held first).
+    pub async fn shopify_refusal(&self, refusal: Refusal) -> Response {
+        match refusal {
+            Refusal::ServerError => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::CONTENT_TYPE, "application/json")],
                 json!({ "errors": "Service Unavailable" }).to_string(),
             )
-                .into_response()
-        } else {
-            let limits = &self.config.shopify_limits;
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                json!({
-                    "errors": [{
-                        "message": "Throttled",
-                        "extensions": {
-                            "code": "THROTTLED",
-                            "documentation": "https://shopify.dev/api/usage/rate-limits",
-                        },
-                    }],
-                    "extensions": { "cost": {
-                        "requestedQueryCost": null,
-                        "actualQueryCost": null,
-                        "throttleStatus": {
-                            "maximumAvailable": limits.bucket_size,
-                            "currentlyAvailable": 0,
-                            "restoreRate": limits.restore_rate,
-                        },
-                    }},
-                })
-                .to_string(),
-            )
-                .into_response()
-        };
-        Some(response)
+                .into_response(),
+            Refusal::RateLimited {
+                retry_after_secs,
+                http_429,
+            } => {
+                let limits = &self.config.shopify_limits;
+                let status = if http_429 {
+                    StatusCode::TOO_MANY_REQUESTS
+                } else {
+                    StatusCode::OK
+                };
+                let mut response = (
+                    status,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    json!({
+                        "errors": [{
+                            "message": "Throttled",
+                            "extensions": {
+                                "code": "THROTTLED",
+                                "documentation": "https://shopify.dev/api/usage/rate-limits",
+                            },
+                        }],
+                        "extensions": { "cost": {
+                            "requestedQueryCost": null,
+                            "actualQueryCost": null,
+                            "throttleStatus": {
+                                "maximumAvailable": limits.bucket_size,
+                                "currentlyAvailable": 0,
+                                "restoreRate": limits.restore_rate,
+                            },
+                        }},
+                    })
+                    .to_string(),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, retry_after_secs.into());
+                response
+            }
+            Refusal::Hang(duration) => {
+                self.hold(duration).await;
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    json!({ "errors": "Gateway Timeout" }).to_string(),
+                )
+                    .into_response()
+            }
+        }
     }
 
-    pub fn easypost_fault(&self) -> Option<Response> {
-        let server_error = self.roll_fault()?;
-        Some(if server_error {
-            easypost::error_response(
+    /// The EasyPost-shaped answer to an injected refusal (a hang is held first).
+    pub async fn easypost_refusal(&self, refusal: Refusal) -> Response {
+        match refusal {
+            Refusal::ServerError => easypost::error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "INTERNAL_SERVER_ERROR",
                 "We're sorry, something went wrong. If the problem persists please contact support.",
                 json!([]),
-            )
-        } else {
-            let mut response = easypost::error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "RATE_LIMITED",
-                "You have sent too many requests. Please slow down and try again.",
-                json!([]),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            response
-        })
+            ),
+            Refusal::RateLimited {
+                retry_after_secs, ..
+            } => {
+                let mut response = easypost::error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMITED",
+                    "You have sent too many requests. Please slow down and try again.",
+                    json!([]),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, retry_after_secs.into());
+                response
+            }
+            Refusal::Hang(duration) => {
+                self.hold(duration).await;
+                easypost::gateway_timeout()
+            }
+        }
     }
 
-    /// Decides whether a purchase that just sold a label answers late.
-    pub fn purchase_timeout(&self, world: &mut World) -> Option<Duration> {
-        let rate = world.faults.purchase_timeout_rate.clamp(0.0, 1.0);
-        if rate > 0.0 && world.fault_rng.random_bool(rate) {
-            world.stats.purchase_timeouts += 1;
-            Some(Duration::from_millis(world.faults.purchase_timeout_ms))
+    /// Decides whether a purchase that just sold a label never answers; if so,
+    /// how long to hold it.
+    pub fn purchase_no_answer(&self, world: &mut World) -> Option<Duration> {
+        let faults = &world.faults.carrier;
+        let (rate, hold) = (
+            faults.purchase_no_answer_rate,
+            Duration::from_millis(faults.api.hang_ms),
+        );
+        if faults::roll(&mut world.carrier_rng, rate) {
+            world.stats.faults.carrier.purchase_no_answer += 1;
+            Some(hold)
         } else {
             None
         }
     }
+
+    /// Right after a page of `orders` was rendered: each order served for the
+    /// first time may be cancelled or edited (the client already holds the old
+    /// version, as if it had been changed just after the import).
+    pub fn change_after_fetch(&self, world: &mut World, served: &[u64]) {
+        let (edit_rate, cancel_rate) = (
+            world.faults.channel.edit_rate,
+            world.faults.channel.cancel_rate,
+        );
+        for &id in served {
+            if !world.seen_orders.insert(id) {
+                continue;
+            }
+            let gid = format!("gid://shopify/Order/{id}");
+            if faults::roll(&mut world.change_rng, cancel_rate) {
+                if world.shop.cancel(&gid, &mut world.stats) {
+                    world.stats.faults.channel.cancelled += 1;
+                }
+            } else if faults::roll(&mut world.change_rng, edit_rate) {
+                let kind = orders::Edit::pick(&mut world.change_rng);
+                if world
+                    .shop
+                    .edit_as(&gid, kind, &mut world.change_rng, &mut world.stats)
+                {
+                    world.stats.faults.channel.edited += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Malforms successful answers of the carrier's JSON API at its malformed rate.
+async fn malform_carrier(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if !response.status().is_success() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => bytes,
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    let body = app.maybe_malform(Api::Carrier, String::from_utf8_lossy(&bytes).into_owned());
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Counts every request by method and route pattern.
@@ -322,7 +444,7 @@ async fn count_requests(State(app): State<Arc<App>>, request: Request, next: Nex
 }
 
 async fn stats_handler(State(app): State<Arc<App>>) -> Json<Stats> {
-    Json(app.world().stats.clone())
+    Json(app.world().stats())
 }
 
 async fn healthz() -> &'static str {
@@ -375,30 +497,39 @@ async fn edit_handler(State(app): State<Arc<App>>, Path(id): Path<String>) -> St
     }
 }
 
-/// `GET`/`PUT /_sandbox/faults`: read or replace the injected faults.
+/// `GET /_sandbox/faults`: the injected faults.
 async fn get_faults(State(app): State<Arc<App>>) -> Json<Faults> {
     Json(app.world().faults.clone())
 }
 
-async fn put_faults(State(app): State<Arc<App>>, Json(faults): Json<Faults>) -> StatusCode {
-    app.world().faults = faults;
-    StatusCode::NO_CONTENT
+/// `POST` (or `PUT`) `/_sandbox/faults`: replace the injected faults; what the
+/// JSON leaves out is off (`{}` switches every fault off). Answers the faults
+/// now in force.
+async fn set_faults(State(app): State<Arc<App>>, Json(faults): Json<Faults>) -> Json<Faults> {
+    app.world().set_faults(faults.clone());
+    Json(faults)
 }
 
 fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route(SHOPIFY_GRAPHQL_PATH, post(shopify::graphql))
+    let carrier_api = Router::new()
         .route("/v2/shipments", post(easypost::create))
         .route("/v2/shipments/{id}", get(easypost::retrieve))
         .route("/v2/shipments/{id}/buy", post(easypost::buy))
         .route("/v2/shipments/{id}/refund", post(easypost::refund))
+        .route_layer(middleware::from_fn_with_state(app.clone(), malform_carrier));
+    Router::new()
+        .route(SHOPIFY_GRAPHQL_PATH, post(shopify::graphql))
+        .merge(carrier_api)
         .route("/labels/{file}", get(easypost::label))
         .route("/track/{code}", get(easypost::track))
         .route("/_sandbox/stats", get(stats_handler))
         .route("/_sandbox/orders", post(add_orders_handler))
         .route("/_sandbox/orders/{id}/cancel", post(cancel_handler))
         .route("/_sandbox/orders/{id}/edit", post(edit_handler))
-        .route("/_sandbox/faults", get(get_faults).put(put_faults))
+        .route(
+            "/_sandbox/faults",
+            get(get_faults).post(set_faults).put(set_faults),
+        )
         .route("/healthz", get(healthz))
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
         .with_state(app)
@@ -422,8 +553,12 @@ impl Sandbox {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let orders_per_minute = config.orders_per_minute;
-        let app = Arc::new(App::new(config, format!("http://{addr}"))?);
         let shutdown = CancellationToken::new();
+        let app = Arc::new(App::new(
+            config,
+            format!("http://{addr}"),
+            shutdown.clone(),
+        )?);
 
         let serve = axum::serve(listener, router(app.clone()))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -485,7 +620,7 @@ impl Sandbox {
 
     /// The same data as `GET /_sandbox/stats`.
     pub fn stats(&self) -> Stats {
-        self.app.world().stats.clone()
+        self.app.world().stats()
     }
 
     /// Creates `n` more orders now.
@@ -510,9 +645,15 @@ impl Sandbox {
         world.shop.edit(&order_gid(order_id), &mut world.stats)
     }
 
-    /// Replaces the injected faults.
+    /// Replaces the injected faults (the same as `POST /_sandbox/faults`);
+    /// `Faults::default()` switches them all off.
     pub fn set_faults(&self, faults: Faults) {
-        self.app.world().faults = faults;
+        self.app.world().set_faults(faults);
+    }
+
+    /// The faults in force (the same as `GET /_sandbox/faults`).
+    pub fn faults(&self) -> Faults {
+        self.app.world().faults.clone()
     }
 
     /// Stops generating orders, stops accepting connections, and waits (at most

@@ -128,6 +128,8 @@ pub struct LineItem {
     pub name: String,
     pub quantity: u32,
     pub unit_price_cents: u64,
+    /// A malformed line (fault injection): its quantities are served negative.
+    pub garbage_quantity: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +234,11 @@ impl Order {
     fn line_json(&self, index: usize) -> Value {
         let line = &self.lines[index];
         let unfulfilled = self.remaining_of_line(index);
+        let quantity = if line.garbage_quantity {
+            -i64::from(line.quantity)
+        } else {
+            i64::from(line.quantity)
+        };
         json!({
             "__typename": "LineItem",
             "id": gid("LineItem", line.id),
@@ -240,8 +247,8 @@ impl Order {
             "title": line.name,
             "variantTitle": null,
             "vendor": "Conveyor Sandbox",
-            "quantity": line.quantity,
-            "currentQuantity": line.quantity,
+            "quantity": quantity,
+            "currentQuantity": quantity,
             "unfulfilledQuantity": unfulfilled,
             "fulfillableQuantity": unfulfilled,
             "nonFulfillableQuantity": 0,
@@ -624,9 +631,9 @@ pub const INVALID_QUANTITY: &str = "Invalid fulfillment order line item quantity
 pub struct Generation {
     pub seed: u64,
     pub catalog: Vec<(String, String)>,
-    /// Fraction (0..=1) of orders generated malformed: no shipping address, or a
-    /// line without a SKU. Drawn from a separate RNG so that changing it does not
-    /// change the other orders.
+    /// Fraction (0..=1) of orders generated malformed: no shipping address, a
+    /// line without a SKU, or a line with a negative quantity. Drawn from a
+    /// separate RNG so that changing it does not change the other orders.
     pub malformed_rate: f64,
 }
 
@@ -667,6 +674,21 @@ impl Shop {
     #[cfg(test)]
     pub fn orders(&self) -> &[Order] {
         &self.orders
+    }
+
+    /// The time of a change to order `index`: now, but always after the
+    /// order's current `updatedAt`, so that every change is a newer version.
+    fn change_time(&mut self, index: usize) -> DateTime<Utc> {
+        let now = self
+            .now()
+            .max(self.orders[index].updated_at + Duration::seconds(1));
+        self.last_time = now;
+        now
+    }
+
+    /// Share of orders created malformed from now on.
+    pub fn set_malformed_rate(&mut self, rate: f64) {
+        self.generation.malformed_rate = rate;
     }
 
     /// A timestamp for a change happening now: never earlier than the last one.
@@ -753,6 +775,7 @@ impl Shop {
                 name: name.clone(),
                 quantity,
                 unit_price_cents: unit_price_cents(sku),
+                garbage_quantity: false,
             });
             fo_lines.push(FoLine {
                 id: self.next_fo_line_id,
@@ -775,12 +798,14 @@ impl Shop {
             phone,
         });
         let rate = self.generation.malformed_rate;
-        if rate > 0.0 && self.malformed_rng.random_bool(rate.clamp(0.0, 1.0)) {
-            if self.malformed_rng.random_bool(0.5) || lines.is_empty() {
-                address = None;
-            } else {
-                lines[0].sku = None;
+        if crate::faults::roll(&mut self.malformed_rng, rate) {
+            match self.malformed_rng.random_range(0..3) {
+                _ if lines.is_empty() => address = None,
+                0 => address = None,
+                1 => lines[0].sku = None,
+                _ => lines[0].garbage_quantity = true,
             }
+            stats.faults.channel.malformed_order += 1;
         }
 
         let fo = FulfillmentOrder {
@@ -1041,7 +1066,7 @@ impl Shop {
         if self.orders[index].cancelled_at.is_some() {
             return false;
         }
-        let now = self.now();
+        let now = self.change_time(index);
         let order = &mut self.orders[index];
         order.cancelled_at = Some(now);
         order.updated_at = now;
@@ -1063,7 +1088,7 @@ impl Shop {
         if self.orders[index].cancelled_at.is_some() {
             return false;
         }
-        let now = self.now();
+        let now = self.change_time(index);
         let order = &mut self.orders[index];
         let Some((fo_index, line_index)) = order
             .fulfillment_orders
@@ -1092,6 +1117,110 @@ impl Shop {
         order.updated_at = now;
         stats.orders_edited += 1;
         true
+    }
+
+    /// Edits an order in the way `kind` says, drawing new values from `rng`.
+    /// An edit that does not apply to the order (an address change on a
+    /// fulfilled order, a new line when no other SKU exists) falls back to a
+    /// quantity change. Returns false when nothing could be edited.
+    pub fn edit_as(
+        &mut self,
+        order_gid: &str,
+        kind: Edit,
+        rng: &mut StdRng,
+        stats: &mut Stats,
+    ) -> bool {
+        let Some(index) = self.order_index_by_gid(order_gid) else {
+            return false;
+        };
+        let order = &self.orders[index];
+        let untouched = order.cancelled_at.is_none() && order.fulfillments.is_empty();
+        let open_fo = order
+            .fulfillment_orders
+            .iter()
+            .position(|fo| fo.status != FoStatus::Closed);
+        match (kind, untouched, open_fo) {
+            (Edit::Address, true, _) if order.address.is_some() => {
+                let now = self.change_time(index);
+                let order = &mut self.orders[index];
+                if let Some(address) = &mut order.address {
+                    address.address1 = format!(
+                        "{} {}",
+                        rng.random_range(1..=9999),
+                        Self::pick(rng, STREETS)
+                    );
+                    address.city = *Self::pick(rng, CITIES);
+                }
+                order.updated_at = now;
+                stats.orders_edited += 1;
+                true
+            }
+            (Edit::AddLine, true, Some(fo_index)) => {
+                let catalog = &self.generation.catalog;
+                let present: Vec<&str> = order
+                    .lines
+                    .iter()
+                    .filter_map(|l| l.sku.as_deref())
+                    .collect();
+                let candidates: Vec<usize> = (0..catalog.len())
+                    .filter(|&i| !present.contains(&catalog[i].0.as_str()))
+                    .collect();
+                if candidates.is_empty() {
+                    return self.edit(order_gid, stats);
+                }
+                let (sku, name) = catalog[*Self::pick(rng, &candidates)].clone();
+                let quantity = rng.random_range(1..=2u32);
+                let now = self.change_time(index);
+                let (line_id, fo_line_id) = (self.next_line_id, self.next_fo_line_id);
+                self.next_line_id += 1;
+                self.next_fo_line_id += 1;
+                let order = &mut self.orders[index];
+                order.lines.push(LineItem {
+                    id: line_id,
+                    unit_price_cents: unit_price_cents(&sku),
+                    sku: Some(sku),
+                    name,
+                    quantity,
+                    garbage_quantity: false,
+                });
+                let fo = &mut order.fulfillment_orders[fo_index];
+                fo.lines.push(FoLine {
+                    id: fo_line_id,
+                    line: order.lines.len() - 1,
+                    total: quantity,
+                    remaining: quantity,
+                });
+                fo.updated_at = now;
+                order.updated_at = now;
+                stats
+                    .ordered_per_line
+                    .insert(gid("LineItem", line_id), quantity);
+                stats.orders_edited += 1;
+                true
+            }
+            _ => self.edit(order_gid, stats),
+        }
+    }
+}
+
+/// How an order is edited after import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    /// One more unit on the first open line.
+    Quantity,
+    /// Another street address and city.
+    Address,
+    /// A new line with a SKU the order did not have.
+    AddLine,
+}
+
+impl Edit {
+    pub fn pick(rng: &mut StdRng) -> Edit {
+        match rng.random_range(0..3) {
+            0 => Edit::Quantity,
+            1 => Edit::Address,
+            _ => Edit::AddLine,
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::App;
+use crate::faults::Api;
 use crate::graphql::{
     Connection, CostMeter, GraphQlRequest, JsonObject, PageArgs, ResponseBody, decode_cursor,
     encode_cursor,
@@ -107,7 +108,7 @@ fn json_response(status: StatusCode, body: Value) -> Response {
 
 /// `POST /admin/api/2025-01/graphql.json`
 pub async fn graphql(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    app.delay().await;
+    app.delay(Api::Channel).await;
     let token = headers
         .get("x-shopify-access-token")
         .and_then(|v| v.to_str().ok());
@@ -135,10 +136,16 @@ pub async fn graphql(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
             json!({ "errors": { "query": "Required parameter missing or invalid" } }),
         );
     };
-    if let Some(fault) = app.shopify_fault() {
-        return fault;
+    if let Some(refusal) = app.refusal(Api::Channel) {
+        return app.shopify_refusal(refusal).await;
     }
-    let body = execute(&app, &request);
+    let (body, executed_query) = execute(&app, &request);
+    // Only pages are malformed: a mutation's answer is left alone.
+    let body = if executed_query {
+        app.maybe_malform(Api::Channel, body)
+    } else {
+        body
+    };
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -158,11 +165,12 @@ fn throttled_body(code: &str, message: String, extra: Value, cost: Value) -> Val
     })
 }
 
-/// Validates, prices, throttles and runs one request; returns the response body.
-fn execute(app: &App, request: &GraphQlRequest) -> String {
+/// Validates, prices, throttles and runs one request; returns the response body
+/// and whether a query was executed.
+fn execute(app: &App, request: &GraphQlRequest) -> (String, bool) {
     let prepared = match app.graphql.prepare(request) {
         Ok(prepared) => prepared,
-        Err(errors) => return json!({ "errors": errors }).to_string(),
+        Err(errors) => return (json!({ "errors": errors }).to_string(), false),
     };
     let limits = &app.config.shopify_limits;
     let requested = prepared.requested_cost;
@@ -186,7 +194,10 @@ fn execute(app: &App, request: &GraphQlRequest) -> String {
             limits.max_query_cost
         );
         let extra = json!({ "cost": requested, "maxCost": limits.max_query_cost });
-        return throttled_body("MAX_COST_EXCEEDED", message, extra, cost).to_string();
+        return (
+            throttled_body("MAX_COST_EXCEEDED", message, extra, cost).to_string(),
+            false,
+        );
     }
     if limits.enforce_throttle && f64::from(requested) > world.bucket.available {
         world.stats.throttled_requests += 1;
@@ -196,7 +207,10 @@ fn execute(app: &App, request: &GraphQlRequest) -> String {
             "throttleStatus": world.bucket.throttle_status(limits),
         });
         let extra = json!({ "documentation": "https://shopify.dev/api/usage/rate-limits" });
-        return throttled_body("THROTTLED", "Throttled".to_owned(), extra, cost).to_string();
+        return (
+            throttled_body("THROTTLED", "Throttled".to_owned(), extra, cost).to_string(),
+            false,
+        );
     }
 
     for field in &prepared.root_fields {
@@ -214,8 +228,12 @@ fn execute(app: &App, request: &GraphQlRequest) -> String {
         let root = QueryRoot {
             shop: &world.shop,
             meter: &meter,
+            served: RefCell::default(),
         };
-        app.graphql.execute(&prepared, &root)
+        let response = app.graphql.execute(&prepared, &root);
+        let served = root.served.into_inner();
+        app.change_after_fetch(world, &served);
+        response
     };
     // Mutations cost a flat 10 points in Shopify's model, whatever they return.
     let actual = if prepared.is_mutation {
@@ -232,7 +250,7 @@ fn execute(app: &App, request: &GraphQlRequest) -> String {
     // Rendering the body needs nothing from the shared state.
     drop(guard);
     let extensions = json!({ "cost": cost });
-    match response {
+    let body = match response {
         Ok(response) => serde_json::to_string(&ResponseBody {
             errors: &response.errors,
             data: response.data.as_ref(),
@@ -240,7 +258,8 @@ fn execute(app: &App, request: &GraphQlRequest) -> String {
         })
         .unwrap_or_default(),
         Err(error) => json!({ "errors": [error], "extensions": extensions }).to_string(),
-    }
+    };
+    (body, !prepared.is_mutation)
 }
 
 fn string_arg<'a>(info: &'a ResolveInfo<'a>, name: &str) -> Option<&'a str> {
@@ -256,6 +275,9 @@ fn field_error(message: impl Into<String>) -> FieldError {
 struct QueryRoot<'a> {
     shop: &'a Shop,
     meter: &'a CostMeter,
+    /// Ids of the orders served in pages of `orders`, for the edits and
+    /// cancellations after import.
+    served: RefCell<Vec<u64>>,
 }
 
 impl QueryRoot<'_> {
@@ -310,6 +332,9 @@ impl QueryRoot<'_> {
             None => found.len(),
         };
         let (start, end) = args.window(found.len(), after_start, before_end);
+        self.served
+            .borrow_mut()
+            .extend(found[start..end].iter().map(|o| o.id));
         let page = found[start..end]
             .iter()
             .map(|order| {

@@ -28,8 +28,6 @@ pub struct Stats {
     pub labels_per_reference: BTreeMap<String, u32>,
     /// Buys refused because the shipment already had postage.
     pub duplicate_purchase_attempts: u64,
-    /// Buys that sold a label and then answered late on purpose (fault injection).
-    pub purchase_timeouts: u64,
     /// Refunds accepted.
     pub refunds: u64,
     /// Carrier shipments created.
@@ -51,8 +49,10 @@ pub struct Stats {
     pub over_fulfillment_attempts: u64,
     /// GraphQL requests refused with `THROTTLED` or `MAX_COST_EXCEEDED`.
     pub throttled_requests: u64,
-    /// Requests answered with an injected 5xx or 429.
+    /// Faults injected in total, of every kind on both APIs.
     pub injected_faults: u64,
+    /// Faults injected per API and kind.
+    pub faults: InjectedFaults,
     /// Requests per endpoint: `"<METHOD> <route>"` for every HTTP route (for example
     /// `"POST /v2/shipments/{id}/buy"`), plus `"graphql <rootField>"` per GraphQL
     /// root field executed (for example `"graphql orders"`).
@@ -84,5 +84,53 @@ impl Stats {
             Api::Carrier => &mut self.carrier_requests_per_second,
         };
         *series.entry(second).or_default() += 1;
+    }
+}
+
+/// Injected faults per API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InjectedFaults {
+    /// The Shopify-style API.
+    pub channel: FaultCounts,
+    /// The EasyPost-style API.
+    pub carrier: FaultCounts,
+}
+
+/// Injected faults of one API, per kind (see [`crate::Faults`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FaultCounts {
+    /// Requests delayed by the configured latency.
+    pub delayed: u64,
+    /// Requests answered with an injected 5xx.
+    pub server_error: u64,
+    /// Requests answered with an injected 429 or `THROTTLED`.
+    pub rate_limited: u64,
+    /// Requests held past the client's timeout.
+    pub hang: u64,
+    /// Answers malformed (truncated or not JSON).
+    pub malformed: u64,
+    /// Orders created malformed (channel).
+    pub malformed_order: u64,
+    /// Orders edited after a client first fetched them (channel).
+    pub edited: u64,
+    /// Orders cancelled after a client first fetched them (channel).
+    pub cancelled: u64,
+    /// Purchases that sold a label and never answered (carrier).
+    pub purchase_no_answer: u64,
+}
+
+impl FaultCounts {
+    /// Faults of every kind, latency not included.
+    pub fn total(&self) -> u64 {
+        self.server_error
+            + self.rate_limited
+            + self.hang
+            + self.malformed
+            + self.malformed_order
+            + self.edited
+            + self.cancelled
+            + self.purchase_no_answer
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use conveyor_sandbox::{Faults, SandboxConfig};
+use conveyor_sandbox::{ApiFaults, Faults, SandboxConfig};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -343,13 +343,12 @@ async fn a_wrong_or_missing_carrier_key_gets_easyposts_401() {
 }
 
 #[tokio::test]
-async fn a_purchase_that_times_out_still_sells_the_label() {
+async fn a_purchase_that_never_answers_still_sells_the_label() {
+    let mut faults = Faults::default();
+    faults.carrier.purchase_no_answer_rate = 1.0;
+    faults.carrier.api.hang_ms = 1500;
     let sandbox = start(SandboxConfig {
-        faults: Faults {
-            purchase_timeout_rate: 1.0,
-            purchase_timeout_ms: 1500,
-            ..Faults::default()
-        },
+        faults,
         ..SandboxConfig::default()
     })
     .await;
@@ -369,17 +368,20 @@ async fn a_purchase_that_times_out_still_sells_the_label() {
     let (_, found) = easypost(&sandbox, Method::GET, &format!("/v2/shipments/{id}"), None).await;
     assert!(found["postage_label"]["label_url"].is_string());
     let stats = sandbox.stats();
-    assert_eq!((stats.labels_sold, stats.purchase_timeouts), (1, 1));
+    assert_eq!(
+        (stats.labels_sold, stats.faults.carrier.purchase_no_answer),
+        (1, 1)
+    );
     sandbox.shutdown().await;
 }
 
 #[tokio::test]
 async fn injected_faults_answer_in_each_apis_shape() {
     let sandbox = start(SandboxConfig::default()).await;
-    sandbox.set_faults(Faults {
+    sandbox.set_faults(Faults::everywhere(ApiFaults {
         server_error_rate: 1.0,
-        ..Faults::default()
-    });
+        ..ApiFaults::default()
+    }));
     let (status, body) = easypost(&sandbox, Method::GET, "/v2/shipments/shp_x", None).await;
     assert_eq!(status, 500);
     assert_eq!(body["error"]["code"], "INTERNAL_SERVER_ERROR");
@@ -393,13 +395,13 @@ async fn injected_faults_answer_in_each_apis_shape() {
     assert_eq!(shopify.status(), 503);
 
     // Faults can also be changed over HTTP.
-    let put = client()
-        .put(format!("{}/_sandbox/faults", sandbox.base_url()))
-        .json(&json!({ "rate_limit_rate": 1.0 }))
+    let post = client()
+        .post(format!("{}/_sandbox/faults", sandbox.base_url()))
+        .json(&json!({ "channel": { "rate_limit_rate": 1.0 }, "carrier": { "rate_limit_rate": 1.0 } }))
         .send()
         .await
         .unwrap();
-    assert_eq!(put.status(), 204);
+    assert_eq!(post.status(), 200);
     let limited = client()
         .post(format!("{}/v2/shipments", sandbox.base_url()))
         .basic_auth(CARRIER_KEY, Some(""))
@@ -409,9 +411,33 @@ async fn injected_faults_answer_in_each_apis_shape() {
         .unwrap();
     assert_eq!(limited.status(), 429);
     assert_eq!(limited.headers()["retry-after"], "1");
-    let body = gql(&sandbox, "{ orders(first: 1) { nodes { id } } }", json!({})).await;
+    let throttled = client()
+        .post(graphql_url(&sandbox))
+        .header("X-Shopify-Access-Token", SHOP_TOKEN)
+        .json(&json!({ "query": "{ orders(first: 1) { nodes { id } } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert!([200, 429].contains(&throttled.status().as_u16()));
+    assert_eq!(throttled.headers()["retry-after"], "1");
+    let body: Value = throttled.json().await.unwrap();
     assert_eq!(body["errors"][0]["extensions"]["code"], "THROTTLED");
-    assert_eq!(sandbox.stats().injected_faults, 4);
+    let stats = sandbox.stats();
+    assert_eq!(stats.injected_faults, 4);
+    assert_eq!(
+        (
+            stats.faults.channel.server_error,
+            stats.faults.channel.rate_limited
+        ),
+        (1, 1)
+    );
+    assert_eq!(
+        (
+            stats.faults.carrier.server_error,
+            stats.faults.carrier.rate_limited
+        ),
+        (1, 1)
+    );
     sandbox.shutdown().await;
 }
 

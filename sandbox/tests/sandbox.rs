@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use conveyor_sandbox::{SandboxConfig, ShopifyLimits, Stats, read_catalog_csv};
+use conveyor_sandbox::{ApiFaults, Faults, SandboxConfig, ShopifyLimits, Stats, read_catalog_csv};
 use reqwest::Method;
 use serde_json::json;
 
@@ -60,7 +60,10 @@ async fn the_stats_endpoint_serves_the_same_data_as_the_library_and_health_is_ok
 #[tokio::test]
 async fn latency_delays_every_api_response() {
     let sandbox = start(SandboxConfig {
-        latency: Duration::from_millis(200),
+        faults: Faults::everywhere(ApiFaults {
+            latency_ms: 200,
+            ..ApiFaults::default()
+        }),
         ..SandboxConfig::default()
     })
     .await;
@@ -168,19 +171,32 @@ async fn control_endpoints_add_cancel_and_edit_orders() {
 }
 
 #[tokio::test]
-async fn malformed_orders_lack_an_address_or_a_sku() {
+async fn malformed_orders_lack_an_address_or_a_sku_or_have_a_negative_quantity() {
+    let mut faults = Faults::default();
+    faults.channel.malformed_order_rate = 1.0;
     let sandbox = start(SandboxConfig {
         orders: 40,
-        malformed_order_rate: 1.0,
+        faults,
         shopify_limits: ShopifyLimits::unlimited(),
         ..SandboxConfig::default()
     })
     .await;
     let orders = all_orders(&sandbox, 20, None).await;
+    let mut kinds = BTreeSet::new();
     for order in &orders {
-        let no_address = order["shippingAddress"].is_null();
-        let no_sku = order["lineItems"]["nodes"][0]["sku"].is_null();
-        assert!(no_address || no_sku, "{order}");
+        let first_line = &order["lineItems"]["nodes"][0];
+        let kind = if order["shippingAddress"].is_null() {
+            "no address"
+        } else if first_line["sku"].is_null() {
+            "no sku"
+        } else if first_line["quantity"].as_i64().unwrap() < 0 {
+            "negative quantity"
+        } else {
+            panic!("a well-formed order: {order}");
+        };
+        kinds.insert(kind);
     }
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert_eq!(sandbox.stats().faults.channel.malformed_order, 40);
     sandbox.shutdown().await;
 }

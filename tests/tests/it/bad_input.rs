@@ -98,7 +98,7 @@ async fn malformed_orders_are_rejected_with_their_reason_and_the_others_ship() {
     let mut app = spawn_app(AppOptions {
         orders: 30,
         seed: 21,
-        configure_sandbox: |c| c.malformed_order_rate = 0.2,
+        configure_sandbox: |c| c.faults.channel.malformed_order_rate = 0.2,
         ..AppOptions::default()
     })
     .await;
@@ -114,9 +114,12 @@ async fn malformed_orders_are_rejected_with_their_reason_and_the_others_ship() {
     .unwrap();
     assert!(!rejected.is_empty(), "the sandbox sent malformed orders");
     for (id, reason) in &rejected {
-        // What the sandbox breaks: the shipping address or a line's SKU.
+        // What the sandbox breaks: the shipping address, a line's SKU, or a
+        // line's quantity (served negative).
         assert!(
-            reason.contains("shipping address") || reason.contains("has no SKU"),
+            reason.contains("shipping address")
+                || reason.contains("has no SKU")
+                || reason.contains("has quantity -"),
             "{id}: a reason a person can act on, got {reason:?}"
         );
     }

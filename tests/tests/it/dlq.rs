@@ -9,7 +9,7 @@ use conveyor_jobs::dead_letter::{self, Filter};
 use conveyor_jobs::ops_http::{self, OpsState};
 use conveyor_jobs::queue::Queue;
 use conveyor_jobs::settings::{BreakerSettings, QueueConfig};
-use conveyor_sandbox::Faults;
+use conveyor_sandbox::{ApiFaults, Faults};
 use conveyor_tests::{AppOptions, TestApp, spawn_app, wait_for};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -55,10 +55,10 @@ async fn jobs_out_of_attempts_keep_their_history_and_a_retry_ships_every_order()
     assert!(packages > 0);
 
     // The carrier fails every call: each rate job uses its two attempts.
-    app.sandbox.set_faults(Faults {
+    app.sandbox.set_faults(Faults::everywhere(ApiFaults {
         server_error_rate: 1.0,
-        ..Faults::default()
-    });
+        ..ApiFaults::default()
+    }));
     app.start_worker_for(&[Queue::Rate, Queue::Render, Queue::Purchase, Queue::Commit]);
     wait_for(
         Duration::from_secs(60),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use conveyor_jobs::queue::Queue;
 use conveyor_jobs::retry::Deferral;
 use conveyor_jobs::settings::{BreakerSettings, QueueConfig, Settings};
-use conveyor_sandbox::{Faults, Stats};
+use conveyor_sandbox::{ApiFaults, Faults, Stats};
 
 use conveyor_tests::{AppOptions, TestApp, spawn_app, wait_for};
 
@@ -77,10 +77,10 @@ async fn assert_every_order_shipped(app: &TestApp) {
 }
 
 fn outage() -> Faults {
-    Faults {
+    Faults::everywhere(ApiFaults {
         server_error_rate: 1.0,
-        ..Faults::default()
-    }
+        ..ApiFaults::default()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -199,10 +199,10 @@ async fn rate_limited_jobs_outlive_their_attempt_budget_and_finish_when_the_limi
     split_every_order(&mut app).await;
 
     // Every carrier answer is a 429 with Retry-After: 1.
-    app.sandbox.set_faults(Faults {
+    app.sandbox.set_faults(Faults::everywhere(ApiFaults {
         rate_limit_rate: 1.0,
-        ..Faults::default()
-    });
+        ..ApiFaults::default()
+    }));
     app.start_worker_for(&[Queue::Rate, Queue::Render, Queue::Purchase, Queue::Commit]);
     wait_for(
         Duration::from_secs(60),
