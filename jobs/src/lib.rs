@@ -37,6 +37,7 @@ pub mod raw;
 pub mod render;
 pub mod replan;
 pub mod reserve;
+pub mod retention;
 pub mod retry;
 pub mod runner;
 pub mod scheduler;

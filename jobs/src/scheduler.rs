@@ -5,6 +5,10 @@
 //! (`shop:176398000`) besides, so two schedulers that both believe they
 //! lead for a moment still produce one job per tick between them: the
 //! queue's idempotency key does the deduplication.
+//!
+//! The leader also runs maintenance: [`crate::retention`] prunes finished
+//! jobs every `retention.interval_secs`, in a task of its own so that a
+//! long pass never delays an import tick.
 
 use std::future::Future;
 use std::time::Duration;
@@ -60,6 +64,14 @@ pub async fn run_with_metrics(
         metrics.scheduler_leader(),
     )?;
     let (leading, mut promoted) = (election.leading(), election.leading());
+    let (stop_maintenance, maintenance_stopped) = tokio::sync::watch::channel(false);
+    let mut maintenance = tokio::spawn(crate::retention::run(
+        pool.clone(),
+        settings.retention,
+        election.leading(),
+        metrics.clone(),
+        maintenance_stopped,
+    ));
     let mut ticker =
         tokio::time::interval(Duration::from_secs(settings.scheduler.tick_secs.max(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -76,6 +88,15 @@ pub async fn run_with_metrics(
             },
             _ = &mut shutdown => break,
         }
+    }
+    // A pass still deleting after a few seconds is cut off: each batch is
+    // its own transaction, so nothing is left half done.
+    let _ = stop_maintenance.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), &mut maintenance)
+        .await
+        .is_err()
+    {
+        maintenance.abort();
     }
     election.stop().await;
     Ok(())

@@ -37,6 +37,9 @@ pub struct Settings {
     pub queues: BTreeMap<Queue, QueueConfig>,
     /// The circuit breaker in front of every external API.
     pub breaker: BreakerSettings,
+    /// How long finished jobs are kept ([`crate::retention`]).
+    #[serde(default)]
+    pub retention: RetentionSettings,
     /// The ops HTTP API on the worker's port.
     #[serde(default)]
     pub ops: OpsSettings,
@@ -57,6 +60,30 @@ pub struct OpsSettings {
     /// (retry, discard) are off and the others answer without a token.
     #[serde(default)]
     pub token: Option<SecretString>,
+}
+
+/// What the leading scheduler prunes from `apalis.jobs`, and how often.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Finished jobs (`Done`, and dead ones whose dead letter was reviewed)
+    /// are deleted this many seconds after they finished (or were
+    /// reviewed). Default: seven days.
+    pub done_after_secs: u64,
+    /// Seconds between two pruning passes.
+    pub interval_secs: u64,
+    /// Rows deleted per statement, so that no pass holds locks for long.
+    pub batch_size: u32,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            done_after_secs: 7 * 24 * 3600,
+            interval_secs: 600,
+            batch_size: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -372,6 +399,11 @@ listen = "127.0.0.1:9465"
 [pipeline]
 package_weight_cap_g = 18000
 
+[retention]
+done_after_secs = 604800
+interval_secs = 600
+batch_size = 1000
+
 [carrier]
 base_url = "http://127.0.0.1:8090"
 api_key = "sandbox-carrier-key"
@@ -415,6 +447,22 @@ mod tests {
             assert!(q.backoff_base_ms >= 100, "{queue}");
             assert!(q.backoff_cap_secs * 1000 >= q.backoff_base_ms, "{queue}");
         }
+    }
+
+    #[test]
+    fn retention_defaults_to_a_week_and_takes_overrides() {
+        let s = from_toml("");
+        assert_eq!(s.retention, RetentionSettings::default());
+        assert_eq!(s.retention.done_after_secs, 604_800);
+        let s = from_toml("[retention]\ndone_after_secs = 60\ninterval_secs = 5\n");
+        assert_eq!(
+            (
+                s.retention.done_after_secs,
+                s.retention.interval_secs,
+                s.retention.batch_size
+            ),
+            (60, 5, 1000)
+        );
     }
 
     #[test]

@@ -6,4 +6,5 @@ mod edits;
 mod idempotency;
 mod import_lease;
 mod pipeline;
+mod retention;
 mod retries;
