@@ -460,9 +460,10 @@ async fn access_denied_is_permanent_and_an_internal_server_error_is_retryable() 
 }
 
 #[tokio::test]
-async fn a_200_that_is_not_json_or_not_the_expected_shape_is_permanent_and_says_why() {
+async fn a_200_that_is_not_json_is_retried_and_one_not_of_the_expected_shape_is_permanent() {
+    // A garbled answer (a proxy's page, a truncated body) is tried again.
     let err = orders_error(Reply::raw(200, "text/html", "<html>maintenance</html>")).await;
-    assert_eq!(err.class, ErrorClass::Permanent);
+    assert_eq!(err.class, ErrorClass::Retryable);
     assert!(err.message.contains("not JSON"), "{}", err.message);
 
     let err = orders_error(Reply::json(200, json!({ "data": { "shop": {} } }))).await;

@@ -116,10 +116,12 @@ impl EasyPostClient {
             return Err(self.redact(parse_error(status, &bytes, retry_after)));
         }
         serde_json::from_slice(&bytes).map_err(|e| {
-            // A success we cannot read: for a call that is not safe to repeat
-            // the remote side did act, so reconcile before anything else.
+            // A success we cannot read (truncated, or a proxy's page): a
+            // read is simply tried again; for a call that is not safe to
+            // repeat the remote side did act, so reconcile before anything
+            // else.
             let class = if idempotent {
-                ErrorClass::Permanent
+                ErrorClass::Retryable
             } else {
                 ErrorClass::UnknownOutcome
             };

@@ -623,10 +623,13 @@ fn read_response(
             format!("HTTP {status}: {detail}"),
         ));
     }
+    // A success we cannot read (truncated, or a proxy's page) says nothing
+    // about the request itself: tried again later. A mutation it answered
+    // is safe to repeat: commit reads the order's fulfillments first.
     let body_json = parsed.map_err(|e| {
         ApiError::new(
             API,
-            ErrorClass::Permanent,
+            ErrorClass::Retryable,
             format!(
                 "HTTP {status} response is not JSON ({e}): {}",
                 excerpt(body)
