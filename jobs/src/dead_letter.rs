@@ -295,6 +295,7 @@ pub async fn retry(
 ) -> Result<Outcome, sqlx::Error> {
     let mut outcome = Outcome::default();
     for &id in ids {
+        settled(pool, id).await?;
         let mut tx = pool.begin().await?;
         let row: Option<Stored> = sqlx::query_as(
             "SELECT job_id, queue, job_key, payload, state::text AS state FROM dead_letters
@@ -393,6 +394,26 @@ pub async fn retry(
         outcome.done.push(id);
     }
     Ok(outcome)
+}
+
+/// Waits (at most two seconds) until the worker that killed the dead
+/// letter's job has recorded the end of that run: the dead letter is written
+/// first, and the job is not free to reset until then.
+async fn settled(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let running: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM dead_letters d JOIN apalis.jobs j ON j.id = d.job_id
+                            WHERE d.id = $1 AND j.status IN ('Running', 'Queued'))",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
+        if !running || std::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Retries every open dead letter matching `filter`.

@@ -63,7 +63,16 @@ async fn jobs_out_of_attempts_keep_their_history_and_a_retry_ships_every_order()
     wait_for(
         Duration::from_secs(60),
         "every rate job is dead",
-        || async { app.count("SELECT count(*) FROM dead_letters").await >= packages },
+        // The dead letter is written before the worker records the run's
+        // end; a retry waits for both.
+        || async {
+            app.count(
+                "SELECT count(*) FROM apalis.jobs WHERE job_type = 'rate' AND status = 'Killed'",
+            )
+            .await
+                >= packages
+                && app.count("SELECT count(*) FROM dead_letters").await >= packages
+        },
     )
     .await;
     let letters = dead_letter::list(&app.pool, &Filter::default(), 1_000)
@@ -161,6 +170,10 @@ async fn two_dead_letters(app: &mut TestApp) -> (i64, i64) {
         app.count("SELECT count(*) FROM dead_letters WHERE state = 'open'")
             .await
             == 2
+            && app
+                .count("SELECT count(*) FROM apalis.jobs WHERE status = 'Killed'")
+                .await
+                == 2
     })
     .await;
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM dead_letters ORDER BY job_key")
