@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use conveyor_tests::servers::RedisServer;
 use conveyor_tests::{AppOptions, TestApp, spawn_app};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -147,59 +148,6 @@ async fn metric(addr: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// A `redis-server` of the test's own on a free port, without persistence;
-/// killed when dropped.
-struct OwnRedis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl OwnRedis {
-    fn start() -> OwnRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts (is it installed?)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server never listened"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        OwnRedis {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A fresh app with `orders` on the channel and stock for all of them, and
 /// the workers' settings file: the app's settings plus the limits.
 async fn limited_app(orders: usize, carrier_limit: &str) -> (TestApp, PathBuf) {
@@ -326,7 +274,7 @@ async fn three_workers_together_never_call_the_channel_faster_than_its_limit_and
 async fn every_order_ships_when_redis_dies_mid_run_and_each_worker_keeps_to_its_share() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let mut redis = OwnRedis::start();
+    let mut redis = RedisServer::start();
     let redis_url = redis.url();
     // The carrier limited too, so that every worker's carrier calls also go
     // through the limiter when Redis dies.
@@ -348,7 +296,7 @@ async fn every_order_ships_when_redis_dies_mid_run_and_each_worker_keeps_to_its_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let killed_at = unix_second();
-    redis.kill();
+    redis.stop();
     let shipped_before = app
         .count("SELECT count(*) FROM orders WHERE state = 'shipped'")
         .await;
