@@ -27,9 +27,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -41,14 +40,9 @@ use crate::channel::{
 };
 use crate::error::{ApiError, ErrorClass};
 use crate::metrics::Metrics;
+use crate::redis_link::{REDIS_WAIT, RedisLink};
 use crate::settings::{BreakerSettings, Settings};
 
-/// Longest a breaker (or a rate limiter, `crate::limiter`) waits for Redis
-/// before it decides on local state.
-pub(crate) const REDIS_WAIT: Duration = Duration::from_millis(250);
-/// After Redis failed, how long the process uses local state before it
-/// tries Redis again.
-const REDIS_RETRY: Duration = Duration::from_secs(5);
 /// While a probe is out, other calls are sent back for at most this long.
 const HALF_OPEN_WAIT: Duration = Duration::from_secs(1);
 
@@ -430,10 +424,8 @@ struct Inner {
     policy: Policy,
     redis: Option<RedisStore>,
     local: MemoryStore,
-    /// Local state is used until this instant (Redis failed recently).
-    redis_down_until: Mutex<Option<Instant>>,
-    /// Redis is known to be down (logged once per outage).
-    redis_down: AtomicBool,
+    /// Whether Redis answers; local state is used while it does not.
+    link: RedisLink,
     metrics: Metrics,
 }
 
@@ -446,8 +438,10 @@ impl Breakers {
                 policy,
                 redis,
                 local: MemoryStore::default(),
-                redis_down_until: Mutex::new(None),
-                redis_down: AtomicBool::new(false),
+                link: RedisLink::new(
+                    "circuit breakers",
+                    "this process keeps its own breaker state",
+                ),
                 metrics,
             }),
         }
@@ -515,51 +509,16 @@ impl Breakers {
         })
     }
 
-    fn shared(&self) -> Option<&RedisStore> {
-        let redis = self.inner.redis.as_ref()?;
-        let until = *self
-            .inner
-            .redis_down_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match until {
-            Some(t) if Instant::now() < t => None,
-            _ => Some(redis),
-        }
-    }
-
-    fn redis_answered(&self) {
-        if self.inner.redis_down.swap(false, Ordering::Relaxed) {
-            tracing::info!("circuit breakers: Redis answers again; breaker state is shared again");
-        }
-    }
-
-    fn redis_failed(&self, error: &str) {
-        *self
-            .inner
-            .redis_down_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + REDIS_RETRY);
-        if !self.inner.redis_down.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                error,
-                "circuit breakers: Redis cannot be reached; this process keeps its own breaker state until it can"
-            );
-        }
-    }
-
     async fn admit(&self, name: &str) -> Admission {
         let policy = self.inner.policy;
         let mut admission = None;
-        if let Some(redis) = self.shared() {
-            match tokio::time::timeout(REDIS_WAIT, redis.admit(name, &policy, None)).await {
-                Ok(Ok(a)) => {
-                    self.redis_answered();
-                    admission = Some(a);
-                }
-                Ok(Err(e)) => self.redis_failed(&e.to_string()),
-                Err(_) => self.redis_failed("no answer in time"),
-            }
+        if let Some(redis) = &self.inner.redis {
+            admission = self
+                .inner
+                .link
+                .call(redis.admit(name, &policy, None))
+                .await
+                .0;
         }
         let admission =
             admission.unwrap_or_else(|| self.inner.local.admit(name, &policy, now_ms()));
@@ -581,16 +540,13 @@ impl Breakers {
     async fn record(&self, name: &str, outage: bool) -> Transition {
         let policy = self.inner.policy;
         let mut transition = None;
-        if let Some(redis) = self.shared() {
-            match tokio::time::timeout(REDIS_WAIT, redis.record(name, &policy, None, outage)).await
-            {
-                Ok(Ok(t)) => {
-                    self.redis_answered();
-                    transition = Some(t);
-                }
-                Ok(Err(e)) => self.redis_failed(&e.to_string()),
-                Err(_) => self.redis_failed("no answer in time"),
-            }
+        if let Some(redis) = &self.inner.redis {
+            transition = self
+                .inner
+                .link
+                .call(redis.record(name, &policy, None, outage))
+                .await
+                .0;
         }
         let transition =
             transition.unwrap_or_else(|| self.inner.local.record(name, &policy, now_ms(), outage));
@@ -767,6 +723,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+    use std::sync::atomic::Ordering;
 
     const T0: u64 = 1_700_000_000_000;
 

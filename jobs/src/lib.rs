@@ -34,6 +34,7 @@ pub mod queue;
 pub mod rate;
 pub mod rate_choice;
 pub mod raw;
+pub mod redis_link;
 pub mod render;
 pub mod replan;
 pub mod reserve;

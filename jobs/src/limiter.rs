@@ -49,29 +49,24 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 
-use crate::breaker::REDIS_WAIT;
 use crate::carrier::{BuyOutcome, CarrierApi, CarrierShipment, ShipmentRequest};
 use crate::channel::{
     ChannelApi, ChannelFulfillment, FulfillmentOutcome, FulfillmentRequest, OrdersPage,
 };
 use crate::error::{ApiError, ErrorClass};
 use crate::metrics::Metrics;
+use crate::redis_link::{Change, RedisLink};
 use crate::settings::{CARRIER_LIMIT, RateLimit, Settings};
 
 /// The `code` of an [`ApiError`] the limiter returns: the call was held
 /// back here and never reached the API.
 pub const REFUSED_CODE: &str = "conveyor.rate_limiter";
-
-/// The first wait before Redis is tried again after it failed ...
-const RECONNECT_FIRST: Duration = Duration::from_secs(1);
-/// ... doubled after each failed try, up to this.
-const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// Whether `e` is the limiter's own refusal rather than an answer of the
 /// API.
@@ -283,29 +278,10 @@ struct Inner {
     local: MemoryLimiter,
     max_wait: Duration,
     expected_workers: u32,
-    link: Mutex<Link>,
+    link: RedisLink,
     /// Every limit handed out, for the fallback gauge.
     names: Mutex<BTreeSet<String>>,
     metrics: Metrics,
-}
-
-/// What this process knows about Redis.
-#[derive(Debug, Default)]
-struct Link {
-    /// Redis failed and the local schedules are in use.
-    down: bool,
-    /// Failed tries in a row, for the backoff.
-    failures: u32,
-    /// While down: Redis is not tried before this instant.
-    retry_at: Option<Instant>,
-}
-
-/// The wait after `failures` failed tries of Redis in a row.
-fn reconnect_backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    RECONNECT_FIRST
-        .saturating_mul(1 << doublings)
-        .min(RECONNECT_MAX)
 }
 
 impl Limiters {
@@ -325,7 +301,10 @@ impl Limiters {
                 local: MemoryLimiter::default(),
                 max_wait,
                 expected_workers: expected_workers.max(1),
-                link: Mutex::new(Link::default()),
+                link: RedisLink::new(
+                    "rate limiters",
+                    "this process limits every API to its share of the rate (rate / expected_workers)",
+                ),
                 names: Mutex::new(BTreeSet::new()),
                 metrics,
             }),
@@ -370,12 +349,7 @@ impl Limiters {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string());
-        let fallback = self
-            .inner
-            .link
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .down;
+        let fallback = self.inner.link.is_down();
         self.inner.metrics.set_limiter_fallback(name, fallback);
         Limiter {
             limiters: self.clone(),
@@ -433,69 +407,7 @@ impl Limiters {
 
     /// Whether this process is limiting on its own shares (Redis down).
     pub fn in_fallback(&self) -> bool {
-        self.inner
-            .link
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .down
-    }
-
-    /// Redis, unless it failed recently and its backoff is not over.
-    fn shared(&self) -> Option<&RedisLimiter> {
-        let redis = self.inner.redis.as_ref()?;
-        let link = self.inner.link.lock().unwrap_or_else(|p| p.into_inner());
-        match link.retry_at {
-            Some(t) if Instant::now() < t => None,
-            _ => Some(redis),
-        }
-    }
-
-    fn redis_answered(&self) {
-        let recovered = {
-            let mut link = self.inner.link.lock().unwrap_or_else(|p| p.into_inner());
-            let was_down = link.down;
-            *link = Link::default();
-            was_down
-        };
-        if recovered {
-            tracing::info!(
-                "rate limiters: Redis answers again; the fleet shares every limit again"
-            );
-            self.set_fallback_gauges(false);
-        }
-    }
-
-    fn redis_failed(&self, error: &str) {
-        let (went_down, retry_in) = {
-            let mut link = self.inner.link.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            // Calls that were already on their way to Redis when it failed
-            // count as the same try.
-            if link.retry_at.is_some_and(|t| now < t) {
-                return;
-            }
-            link.failures = link.failures.saturating_add(1);
-            let retry_in = reconnect_backoff(link.failures);
-            link.retry_at = Some(now + retry_in);
-            let went_down = !link.down;
-            link.down = true;
-            (went_down, retry_in)
-        };
-        if went_down {
-            tracing::warn!(
-                error,
-                expected_workers = self.inner.expected_workers,
-                retry_in_ms = retry_in.as_millis() as u64,
-                "rate limiters: Redis cannot be reached; this process limits every API to its share of the rate (rate / expected_workers) until it can"
-            );
-            self.set_fallback_gauges(true);
-        } else {
-            tracing::debug!(
-                error,
-                retry_in_ms = retry_in.as_millis() as u64,
-                "rate limiters: Redis still cannot be reached"
-            );
-        }
+        self.inner.link.is_down()
     }
 
     fn set_fallback_gauges(&self, fallback: bool) {
@@ -507,14 +419,17 @@ impl Limiters {
 
     async fn take(&self, name: &str, fleet: &Gcra, local: &Gcra) -> Decision {
         let max_wait = self.inner.max_wait;
-        if let Some(redis) = self.shared() {
-            match tokio::time::timeout(REDIS_WAIT, redis.take(name, fleet, None, max_wait)).await {
-                Ok(Ok(d)) => {
-                    self.redis_answered();
-                    return d;
-                }
-                Ok(Err(e)) => self.redis_failed(&e.to_string()),
-                Err(_) => self.redis_failed("no answer in time"),
+        if let Some(redis) = &self.inner.redis {
+            let (decision, change) = self
+                .inner
+                .link
+                .call(redis.take(name, fleet, None, max_wait))
+                .await;
+            if let Some(change) = change {
+                self.set_fallback_gauges(change == Change::Down);
+            }
+            if let Some(decision) = decision {
+                return decision;
             }
         }
         self.inner.local.take(name, local, now_us(), max_wait)
@@ -798,13 +713,6 @@ mod tests {
         let shopify = Gcra::new(2.0, 40).unwrap().share(4);
         assert_eq!(shopify.interval_us, 2_000_000);
         assert_eq!(shopify.burst, 10);
-    }
-
-    #[test]
-    fn the_reconnect_backoff_doubles_up_to_its_cap() {
-        let waits: Vec<u64> = (1..=8).map(|n| reconnect_backoff(n).as_secs()).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
-        assert_eq!(reconnect_backoff(u32::MAX), RECONNECT_MAX);
     }
 
     #[tokio::test]
