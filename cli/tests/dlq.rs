@@ -156,11 +156,6 @@ async fn ops_list_show_retry_and_discard_dead_letters_from_the_command_line() {
         ])
         .await;
     assert!(retried.contains(&format!("retried 1: {s1}")), "{retried}");
-    let state: String = sqlx::query_scalar("SELECT state::text FROM dead_letters WHERE id = $1")
-        .bind(s1)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
     // The job ran again and, the order still missing, died again.
     wait_for(
         Duration::from_secs(30),
@@ -175,7 +170,6 @@ async fn ops_list_show_retry_and_discard_dead_letters_from_the_command_line() {
         },
     )
     .await;
-    assert!(state == "retried" || state == "open", "{state}");
     cli.ok(&["dlq", "retry", &r1.to_string()]).await;
 
     let audit: Vec<(String, String, String)> = sqlx::query_as(

@@ -225,19 +225,21 @@ pub async fn list(
 
 /// One dead letter with its payload and every failed run of its job.
 pub async fn show(pool: &PgPool, id: i64) -> Result<Option<Detail>, sqlx::Error> {
-    let letter: Option<DeadLetter> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM dead_letters d WHERE d.id = $1"
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        letter: DeadLetter,
+        payload: Vec<u8>,
+    }
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, d.payload FROM dead_letters d WHERE d.id = $1"
     )))
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    let Some(letter) = letter else {
+    let Some(Row { letter, payload }) = row else {
         return Ok(None);
     };
-    let (payload,): (Vec<u8>,) = sqlx::query_as("SELECT payload FROM dead_letters WHERE id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await?;
     let failures: Vec<Failure> = sqlx::query_as(
         "SELECT run, error_class, error, worker, at FROM job_failures
          WHERE job_id = $1 ORDER BY at, id",
@@ -296,104 +298,139 @@ pub async fn retry(
     let mut outcome = Outcome::default();
     for &id in ids {
         settled(pool, id).await?;
-        let mut tx = pool.begin().await?;
-        let row: Option<Stored> = sqlx::query_as(
-            "SELECT job_id, queue, job_key, payload, state::text AS state FROM dead_letters
-             WHERE id = $1 FOR UPDATE",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(Stored {
-            job_id,
-            queue,
-            job_key: key,
-            payload,
-            state,
-        }) = row
-        else {
-            outcome.skipped.push((id, "no such dead letter".into()));
-            continue;
-        };
-        if state != "open" {
-            outcome
-                .skipped
-                .push((id, format!("already reviewed ({state})")));
-            continue;
-        }
-        // The job row is normally still there, dead (retention keeps the
-        // jobs of open dead letters): reset it in place, keeping its id and
-        // key, so that the history stays on one job.
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1 FOR UPDATE")
-                .bind(&job_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(status) = status {
-            // The worker that killed the job records the run's end a moment
-            // after the dead letter; until then the job is not free to
-            // reset.
-            if !matches!(status.as_str(), "Killed" | "Failed" | "Done") {
-                outcome.skipped.push((
-                    id,
-                    format!("its job is still {status}; try again in a moment"),
-                ));
-                continue;
-            }
-            sqlx::query(
-                "UPDATE apalis.jobs
-                 SET status = 'Pending', attempts = 0, run_at = now(), lock_at = NULL,
-                     lock_by = NULL, done_at = NULL, last_result = NULL
-                 WHERE id = $1",
-            )
-            .bind(&job_id)
-            .execute(&mut *tx)
-            .await?;
-        } else {
-            // The job row is gone: queue the stored payload again under the
-            // same id and key.
-            sqlx::query(
-                "INSERT INTO apalis.jobs
-                     (id, job_type, job, status, attempts, max_attempts, run_at, priority, idempotency_key)
-                 VALUES ($1, $2, $3, 'Pending', 0, $4, now(), 0, $5)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&job_id)
-            .bind(&queue)
-            .bind(&payload)
-            .bind(crate::queue::DEFAULT_MAX_ATTEMPTS)
-            .bind(&key)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("DELETE FROM job_deferrals WHERE job_id = $1")
-            .bind(&job_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE dead_letters
-             SET state = 'retried', reviewed_at = now(), reviewed_by = $2, review_reason = $3
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(actor)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
-        audit(
-            &mut tx,
-            actor,
-            "dead_letter.retry",
-            id,
-            &job_id,
-            &queue,
-            reason,
-        )
-        .await?;
-        tx.commit().await?;
-        outcome.done.push(id);
+        outcome.add(id, review(pool, id, Review::Retry, actor, reason).await?);
     }
     Ok(outcome)
+}
+
+/// What a review does with one dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Review {
+    Retry,
+    Discard,
+}
+
+impl Outcome {
+    fn add(&mut self, id: i64, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.done.push(id),
+            Err(why) => self.skipped.push((id, why)),
+        }
+    }
+}
+
+/// Reviews one open dead letter in one transaction: the row locked, the job
+/// put back on its queue (a retry), the new state, the audit row. `Err` says
+/// why it was left as it was.
+async fn review(
+    pool: &PgPool,
+    id: i64,
+    review: Review,
+    actor: &str,
+    reason: &str,
+) -> Result<Result<(), String>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<Stored> = sqlx::query_as(
+        "SELECT job_id, queue, job_key, payload, state::text AS state FROM dead_letters
+         WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(stored) = row else {
+        return Ok(Err("no such dead letter".into()));
+    };
+    if stored.state != "open" {
+        return Ok(Err(format!("already reviewed ({})", stored.state)));
+    }
+    let (state, action) = match review {
+        Review::Retry => {
+            if let Err(why) = requeue(&mut tx, &stored).await? {
+                return Ok(Err(why));
+            }
+            ("retried", "dead_letter.retry")
+        }
+        Review::Discard => ("discarded", "dead_letter.discard"),
+    };
+    sqlx::query(
+        "UPDATE dead_letters
+         SET state = $4::dead_letter_state, reviewed_at = now(), reviewed_by = $2, review_reason = $3
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(actor)
+    .bind(reason)
+    .bind(state)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO audit_log (actor, action, entity, entity_id, detail)
+         VALUES ($1, $2, 'dead_letter', $3, jsonb_build_object('job_id', $4::text, 'queue', $5::text, 'reason', $6::text))",
+    )
+    .bind(actor)
+    .bind(action)
+    .bind(id.to_string())
+    .bind(&stored.job_id)
+    .bind(&stored.queue)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(()))
+}
+
+/// Puts a dead letter's job back on its queue with a fresh attempt budget.
+async fn requeue(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    stored: &Stored,
+) -> Result<Result<(), String>, sqlx::Error> {
+    // The job row is normally still there, dead (retention keeps the jobs
+    // of open dead letters): reset it in place, keeping its id and key, so
+    // that the history stays on one job.
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1 FOR UPDATE")
+            .bind(&stored.job_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if let Some(status) = status {
+        // The worker that killed the job records the run's end a moment
+        // after the dead letter; until then the job is not free to reset.
+        if !matches!(status.as_str(), "Killed" | "Failed" | "Done") {
+            return Ok(Err(format!(
+                "its job is still {status}; try again in a moment"
+            )));
+        }
+        sqlx::query(
+            "UPDATE apalis.jobs
+             SET status = 'Pending', attempts = 0, run_at = now(), lock_at = NULL,
+                 lock_by = NULL, done_at = NULL, last_result = NULL
+             WHERE id = $1",
+        )
+        .bind(&stored.job_id)
+        .execute(&mut **tx)
+        .await?;
+    } else {
+        // The job row is gone: queue the stored payload again under the
+        // same id and key.
+        sqlx::query(
+            "INSERT INTO apalis.jobs
+                 (id, job_type, job, status, attempts, max_attempts, run_at, priority, idempotency_key)
+             VALUES ($1, $2, $3, 'Pending', 0, $4, now(), 0, $5)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&stored.job_id)
+        .bind(&stored.queue)
+        .bind(&stored.payload)
+        .bind(crate::queue::DEFAULT_MAX_ATTEMPTS)
+        .bind(&stored.job_key)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query("DELETE FROM job_deferrals WHERE job_id = $1")
+        .bind(&stored.job_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Ok(()))
 }
 
 /// Waits (at most two seconds) until the worker that killed the dead
@@ -448,45 +485,7 @@ pub async fn discard(
     }
     let mut outcome = Outcome::default();
     for &id in ids {
-        let mut tx = pool.begin().await?;
-        let row: Option<(String, String, String)> = sqlx::query_as(
-            "SELECT job_id, queue, state::text FROM dead_letters WHERE id = $1 FOR UPDATE",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((job_id, queue, state)) = row else {
-            outcome.skipped.push((id, "no such dead letter".into()));
-            continue;
-        };
-        if state != "open" {
-            outcome
-                .skipped
-                .push((id, format!("already reviewed ({state})")));
-            continue;
-        }
-        sqlx::query(
-            "UPDATE dead_letters
-             SET state = 'discarded', reviewed_at = now(), reviewed_by = $2, review_reason = $3
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(actor)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
-        audit(
-            &mut tx,
-            actor,
-            "dead_letter.discard",
-            id,
-            &job_id,
-            &queue,
-            reason,
-        )
-        .await?;
-        tx.commit().await?;
-        outcome.done.push(id);
+        outcome.add(id, review(pool, id, Review::Discard, actor, reason).await?);
     }
     Ok(outcome)
 }
@@ -497,28 +496,4 @@ pub enum DiscardError {
     NoReason,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-}
-
-async fn audit(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    actor: &str,
-    action: &str,
-    id: i64,
-    job_id: &str,
-    queue: &str,
-    reason: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_log (actor, action, entity, entity_id, detail)
-         VALUES ($1, $2, 'dead_letter', $3, jsonb_build_object('job_id', $4::text, 'queue', $5::text, 'reason', $6::text))",
-    )
-    .bind(actor)
-    .bind(action)
-    .bind(id.to_string())
-    .bind(job_id)
-    .bind(queue)
-    .bind(reason)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
