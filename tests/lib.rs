@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub mod process;
 pub mod servers;
 
 pub const CHANNEL: &str = "shop";

@@ -6,20 +6,16 @@
 //! work spread over all three workers.
 //!
 //! The worker binary is found next to this package's `conveyor-scheduler`
-//! (`cargo test --workspace` builds both; with `-p conveyor-scheduler`
-//! alone, build it first: `cargo build -p conveyor-worker`).
+//! (built first when a narrower `cargo test` did not build it).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use conveyor_jobs::import::tick_of;
 use conveyor_jobs::leader::current_leader;
+use conveyor_tests::process::{Proc, Procs, metric, sibling_binary};
 use conveyor_tests::{AppOptions, TestApp, spawn_app};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 /// Orders waiting on the channel when the fleet starts.
@@ -28,147 +24,6 @@ const BACKLOG: usize = 420;
 /// new leader's imports can bring them in.
 const AFTER_KILL: usize = 100;
 const WORKERS: usize = 3;
-
-fn worker_binary() -> PathBuf {
-    let scheduler = Path::new(env!("CARGO_BIN_EXE_conveyor-scheduler"));
-    let worker =
-        scheduler.with_file_name(format!("conveyor-worker{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        worker.exists(),
-        "{} is missing: `cargo test --workspace` builds it, or run `cargo build -p conveyor-worker` first",
-        worker.display()
-    );
-    worker
-}
-
-/// One child process, its stderr kept for the failure report.
-struct Proc {
-    name: String,
-    child: Child,
-    pid: u32,
-    log: Arc<Mutex<Vec<String>>>,
-    killed: bool,
-}
-
-impl Proc {
-    fn start(name: &str, binary: &Path, config: &Path, env: &[(&str, &str)]) -> Proc {
-        let mut command = Command::new(binary);
-        command
-            .env("CONVEYOR_CONFIG", config)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("NO_COLOR", "1")
-            .kill_on_drop(true);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("{} starts: {e}", binary.display()));
-        let pid = child.id().expect("a running child");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = log.clone();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                lines.lock().unwrap().push(strip_ansi(&line));
-            }
-        });
-        Proc {
-            name: name.to_string(),
-            child,
-            pid,
-            log,
-            killed: false,
-        }
-    }
-
-    /// The address its `/metrics` listens on, once it has logged it.
-    fn listen_addr(&self) -> Option<String> {
-        let log = self.log.lock().unwrap();
-        log.iter().find_map(|line| {
-            let line = line.split("ops endpoints listening").nth(1)?;
-            let addr = line.split("addr=").nth(1)?;
-            Some(
-                addr.split_whitespace()
-                    .next()?
-                    .trim_matches('"')
-                    .to_string(),
-            )
-        })
-    }
-
-    async fn sigterm_and_wait(mut self) {
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let status = tokio::time::timeout(Duration::from_secs(45), self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("{} exits within 45 s of SIGTERM", self.name))
-            .unwrap();
-        assert!(status.success(), "{} exit status {status:?}", self.name);
-    }
-}
-
-/// The line without terminal colour codes (`ESC [ ... m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Every process of the test; their logs are printed if the test fails.
-struct Fleet {
-    procs: Vec<Proc>,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for p in &self.procs {
-                let log = p.log.lock().unwrap();
-                let killed = if p.killed { ", killed" } else { "" };
-                eprintln!("----- {} (pid {}{killed}), last log lines:", p.name, p.pid);
-                for line in log.iter().rev().take(40).rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
-}
-
-/// `GET /metrics` over a plain socket; the value of `metric` (no labels).
-async fn gauge(addr: &str, metric: &str) -> Option<i64> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
-    body.lines().find_map(|l| {
-        l.strip_prefix(metric)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
 
 /// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
 async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
@@ -217,7 +72,7 @@ async fn import_ticks(app: &TestApp) -> Vec<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_survives_its_leading_scheduler_being_killed() {
     let started = Instant::now();
-    let worker_bin = worker_binary();
+    let worker_bin = sibling_binary(env!("CARGO_BIN_EXE_conveyor-scheduler"), "conveyor-worker");
     let scheduler_bin = PathBuf::from(env!("CARGO_BIN_EXE_conveyor-scheduler"));
     let app = spawn_app(AppOptions {
         orders: BACKLOG,
@@ -232,13 +87,13 @@ async fn a_fleet_survives_its_leading_scheduler_being_killed() {
     let tick_secs = app.settings.scheduler.tick_secs;
     let config = std::env::temp_dir().join(format!("conveyor-fleet-{}.toml", std::process::id()));
     std::fs::write(&config, app.config_toml()).unwrap();
-    let mut fleet = Fleet { procs: Vec::new() };
+    let mut fleet = Procs::default();
 
     // Leadership changes, the /metrics address and every tick fired.
     let scheduler_log = "warn,conveyor_jobs::leader=info,conveyor_jobs::ops_http=info,conveyor_jobs::scheduler=debug";
     for i in 0..WORKERS {
         let prefix = format!("fleet{i}");
-        fleet.procs.push(Proc::start(
+        fleet.0.push(Proc::start(
             &format!("worker {i}"),
             &worker_bin,
             &config,
@@ -250,7 +105,7 @@ async fn a_fleet_survives_its_leading_scheduler_being_killed() {
         ));
     }
     for i in 0..2 {
-        fleet.procs.push(Proc::start(
+        fleet.0.push(Proc::start(
             &format!("scheduler {i}"),
             &scheduler_bin,
             &config,
@@ -261,7 +116,7 @@ async fn a_fleet_survives_its_leading_scheduler_being_killed() {
     // One scheduler leads; the leadership shows in pg_locks and on both
     // schedulers' /metrics.
     let (first, second) = {
-        let schedulers = [&fleet.procs[WORKERS], &fleet.procs[WORKERS + 1]];
+        let schedulers = [&fleet.0[WORKERS], &fleet.0[WORKERS + 1]];
         let leader = wait_for("a scheduler leads", Duration::from_secs(30), || {
             leader_index(&app, &schedulers)
         })
@@ -269,7 +124,7 @@ async fn a_fleet_survives_its_leading_scheduler_being_killed() {
         (WORKERS + leader, WORKERS + 1 - leader)
     };
     for (index, expected) in [(first, 1), (second, 0)] {
-        let proc = &fleet.procs[index];
+        let proc = &fleet.0[index];
         let addr = wait_for(
             "the scheduler's /metrics address",
             Duration::from_secs(10),
@@ -280,14 +135,15 @@ async fn a_fleet_survives_its_leading_scheduler_being_killed() {
             &format!("{}'s conveyor_scheduler_leader = {expected}", proc.name),
             Duration::from_secs(10),
             || async {
-                (gauge(&addr, "conveyor_scheduler_leader").await == Some(expected)).then_some(())
+                (metric(&addr, "conveyor_scheduler_leader").await == Some(f64::from(expected)))
+                    .then_some(())
             },
         )
         .await;
     }
     eprintln!(
         "{} leads after {:?}",
-        fleet.procs[first].name,
+        fleet.0[first].name,
         started.elapsed()
     );
 
@@ -307,13 +163,11 @@ async fn a_fleet_survives_its_leading_scheduler_being_killed() {
 
     // Kill the leader; new orders arrive that only the new leader imports.
     let killed_at = Instant::now();
-    fleet.procs[first].child.start_kill().unwrap();
-    fleet.procs[first].killed = true;
-    fleet.procs[first].child.wait().await.unwrap();
+    fleet.0[first].kill().await;
     // Any import of a later tick comes from the new leader.
     let kill_tick = tick_of(chrono::Utc::now(), tick_secs);
     app.sandbox.add_orders(AFTER_KILL);
-    let survivor_pid = fleet.procs[second].pid;
+    let survivor_pid = fleet.0[second].pid;
     let leads_after = wait_for(
         "the surviving scheduler leads",
         Duration::from_secs(10),
@@ -335,10 +189,10 @@ async fn a_fleet_survives_its_leading_scheduler_being_killed() {
         },
     )
     .await;
-    let survivor_addr = fleet.procs[second].listen_addr().expect("listening");
+    let survivor_addr = fleet.0[second].listen_addr().expect("listening");
     assert_eq!(
-        gauge(&survivor_addr, "conveyor_scheduler_leader").await,
-        Some(1),
+        metric(&survivor_addr, "conveyor_scheduler_leader").await,
+        Some(1.0),
         "the survivor's gauge shows it leads"
     );
     eprintln!(
@@ -350,10 +204,9 @@ async fn a_fleet_survives_its_leading_scheduler_being_killed() {
     // Followers never enqueue: each scheduler logged its ticks only after
     // it became the leader.
     for index in [first, second] {
-        let proc = &fleet.procs[index];
-        let log = proc.log.lock().unwrap();
-        let became = log.iter().position(|l| l.contains("became the leader"));
-        let first_tick = log.iter().position(|l| l.contains("scheduler tick"));
+        let proc = &fleet.0[index];
+        let became = proc.first_line("became the leader");
+        let first_tick = proc.first_line("scheduler tick");
         assert!(
             became.is_some() && first_tick.is_some() && became < first_tick,
             "{} fired only as the leader (became leader at line {became:?}, first tick at {first_tick:?})",
@@ -452,7 +305,7 @@ async fn a_fleet_survives_its_leading_scheduler_being_killed() {
     let done: i64 = by_worker.iter().map(|(_, n)| n).sum();
     eprintln!("jobs done by worker: {by_worker:?} of {done}");
     assert_eq!(by_worker.len(), WORKERS, "{by_worker:?}");
-    for (i, proc) in fleet.procs.iter().take(WORKERS).enumerate() {
+    for (i, proc) in fleet.0.iter().take(WORKERS).enumerate() {
         let prefix = format!("fleet{i}");
         let n = by_worker
             .iter()
@@ -476,7 +329,7 @@ async fn a_fleet_survives_its_leading_scheduler_being_killed() {
     }
 
     // SIGTERM: every live process exits 0.
-    let procs = std::mem::take(&mut fleet.procs);
+    let procs = std::mem::take(&mut fleet.0);
     for proc in procs.into_iter().filter(|p| !p.killed) {
         proc.sigterm_and_wait().await;
     }

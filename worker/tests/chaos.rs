@@ -10,15 +10,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use conveyor_jobs::settings::{QueueConfig, Settings};
 use conveyor_sandbox::{ApiFaults, CarrierFaults, ChannelFaults, Faults};
+use conveyor_tests::process::{Proc, Procs, sibling_binary};
 use conveyor_tests::servers::{PgServer, RedisServer};
 use conveyor_tests::{AppOptions, TestApp, spawn_app};
 use rand::Rng;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const ORDERS: usize = 500;
 /// How long workers are killed at random.
@@ -68,57 +68,39 @@ fn configure(s: &mut Settings) {
     }
 }
 
-/// A binary built next to the worker (`conveyor`), built on demand when a
-/// narrower `cargo test` did not build it.
-fn sibling_binary(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_conveyor-worker")).with_file_name(name);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = std::process::Command::new(cargo)
-            .args(["build", "--bin", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok && path.exists(), "cannot build {name}");
-    }
-    path
-}
-
 struct Fleet {
     config: PathBuf,
-    workers: Vec<Child>,
+    workers: Procs,
     kills: usize,
     restarts: usize,
 }
 
 impl Fleet {
-    fn spawn_worker(&self, n: usize) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_conveyor-worker"))
-            .env("CONVEYOR_CONFIG", &self.config)
-            .env("CONVEYOR_WORKER__NAME_PREFIX", format!("chaos{n}"))
-            .env("RUST_LOG", "error")
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the worker binary starts")
+    fn spawn_worker(&self, n: usize) -> Proc {
+        let prefix = format!("chaos{n}");
+        Proc::start(
+            &format!("worker {n}"),
+            Path::new(env!("CARGO_BIN_EXE_conveyor-worker")),
+            &self.config,
+            &[
+                ("CONVEYOR_WORKER__NAME_PREFIX", prefix.as_str()),
+                ("RUST_LOG", "error"),
+            ],
+        )
     }
 
     async fn kill(&mut self, n: usize) {
-        let _ = self.workers[n].start_kill();
-        let _ = self.workers[n].wait().await;
+        self.workers.0[n].kill().await;
         self.kills += 1;
-        self.workers[n] = self.spawn_worker(n);
+        self.workers.0[n] = self.spawn_worker(n);
     }
 
     /// Starts again any worker that exited on its own.
     fn revive(&mut self) {
-        for n in 0..self.workers.len() {
-            if let Ok(Some(_)) = self.workers[n].try_wait() {
+        for n in 0..self.workers.0.len() {
+            if let Ok(Some(_)) = self.workers.0[n].child.try_wait() {
                 self.restarts += 1;
-                self.workers[n] = self.spawn_worker(n);
+                self.workers.0[n] = self.spawn_worker(n);
             }
         }
     }
@@ -326,11 +308,11 @@ async fn the_fleet_loses_nothing_and_buys_nothing_twice_under_chaos() {
     std::fs::write(&config, app.config_toml()).unwrap();
     let mut fleet = Fleet {
         config: config.clone(),
-        workers: Vec::new(),
+        workers: Procs::default(),
         kills: 0,
         restarts: 0,
     };
-    fleet.workers = (0..3).map(|n| fleet.spawn_worker(n)).collect();
+    fleet.workers = Procs((0..3).map(|n| fleet.spawn_worker(n)).collect());
     app.start_scheduler();
 
     // Kill a random worker every 2-4 s; restart Postgres once and Redis once.
@@ -339,7 +321,7 @@ async fn the_fleet_loses_nothing_and_buys_nothing_twice_under_chaos() {
     while chaos_started.elapsed() < CHAOS {
         let wait = rand::rng().random_range(2_000..4_000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        let victim = rand::rng().random_range(0..fleet.workers.len());
+        let victim = rand::rng().random_range(0..fleet.workers.0.len());
         fleet.kill(victim).await;
         fleet.revive();
         if !pg_restarted && chaos_started.elapsed() > Duration::from_secs(12) {
@@ -372,13 +354,16 @@ async fn the_fleet_loses_nothing_and_buys_nothing_twice_under_chaos() {
 
     // The faults stop; ops replay every dead letter.
     app.sandbox.set_faults(Faults::default());
-    let out = Command::new(sibling_binary("conveyor"))
-        .env("CONVEYOR_CONFIG", &config)
-        .env("RUST_LOG", "warn")
-        .args(["dlq", "retry", "--all", "--reason", "chaos over"])
-        .output()
-        .await
-        .unwrap();
+    let out = Command::new(sibling_binary(
+        env!("CARGO_BIN_EXE_conveyor-worker"),
+        "conveyor",
+    ))
+    .env("CONVEYOR_CONFIG", &config)
+    .env("RUST_LOG", "warn")
+    .args(["dlq", "retry", "--all", "--reason", "chaos over"])
+    .output()
+    .await
+    .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     let dead_before: i64 = first.dead_letters.values().sum();
     if dead_before > 0 {
@@ -425,9 +410,8 @@ async fn the_fleet_loses_nothing_and_buys_nothing_twice_under_chaos() {
         .await;
     assert_eq!(fulfilled_wrong, 0);
 
-    for mut w in fleet.workers.drain(..) {
-        let _ = w.start_kill();
-        let _ = w.wait().await;
+    for mut w in std::mem::take(&mut fleet.workers.0) {
+        w.kill().await;
     }
     let _ = std::fs::remove_file(&config);
     app.shutdown().await;

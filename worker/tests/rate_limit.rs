@@ -8,14 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use conveyor_tests::process::{Proc, Procs, metric};
 use conveyor_tests::servers::RedisServer;
 use conveyor_tests::{AppOptions, TestApp, spawn_app};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 const WORKERS: usize = 3;
@@ -29,123 +26,24 @@ const CHANNEL_API: &str = "shopify:shop";
 /// machine, and keeps the timing of one out of the other's way.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// One worker process, its stderr kept for the assertions and the failure
-/// report.
-struct Worker {
-    child: Child,
-    pid: u32,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Worker {
-    fn start(index: usize, config: &Path, env: &[(&str, &str)]) -> Worker {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_conveyor-worker"));
-        command
-            .env("CONVEYOR_CONFIG", config)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "warn,conveyor_jobs::ops_http=info")
-            .env("CONVEYOR_WORKER__NAME_PREFIX", format!("limited{index}"))
-            .env("CONVEYOR_DATABASE__MAX_CONNECTIONS", "8")
-            // Small import pages: the import spends many channel requests.
-            .env("CONVEYOR_SCHEDULER__PAGE_SIZE", "5")
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("the worker binary starts");
-        let pid = child.id().expect("a running worker");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = log.clone();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Worker { child, pid, log }
-    }
-
-    /// The address of its `/metrics`, once it has logged it.
-    async fn metrics_addr(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = self.log.lock().unwrap().iter().find_map(|line| {
-                let rest = line.split("ops endpoints listening").nth(1)?;
-                let addr = rest.split("addr=").nth(1)?.split_whitespace().next()?;
-                Some(addr.trim_matches('"').to_string())
-            });
-            if let Some(addr) = found {
-                return addr;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker {} never logged its /metrics address",
-                self.pid
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn logged(&self, text: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(text))
-    }
-
-    /// SIGTERM; the worker must exit 0.
-    async fn stop(mut self) {
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let status = tokio::time::timeout(Duration::from_secs(45), self.child.wait())
-            .await
-            .expect("the worker exits within its shutdown deadline")
-            .unwrap();
-        assert!(
-            status.success(),
-            "worker {} exit status {status:?}",
-            self.pid
-        );
-    }
-}
-
-/// Every worker of a test; their last log lines are printed if it fails.
-struct Fleet(Vec<Worker>);
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for w in &self.0 {
-                eprintln!("----- worker {}, last log lines:", w.pid);
-                for line in w.log.lock().unwrap().iter().rev().take(30).rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
-}
-
-/// The value of the sample `series` (name and labels, as exposed) on the
-/// `/metrics` page at `addr`.
-async fn metric(addr: &str, series: &str) -> Option<f64> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
-    body.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+/// One worker process of the fleet, its stderr kept for the assertions and
+/// the failure report.
+fn start_worker(index: usize, config: &Path, env: &[(&str, &str)]) -> Proc {
+    let prefix = format!("limited{index}");
+    let mut all = vec![
+        ("RUST_LOG", "warn,conveyor_jobs::ops_http=info"),
+        ("CONVEYOR_WORKER__NAME_PREFIX", prefix.as_str()),
+        ("CONVEYOR_DATABASE__MAX_CONNECTIONS", "8"),
+        // Small import pages: the import spends many channel requests.
+        ("CONVEYOR_SCHEDULER__PAGE_SIZE", "5"),
+    ];
+    all.extend_from_slice(env);
+    Proc::start(
+        &format!("worker {index}"),
+        Path::new(env!("CARGO_BIN_EXE_conveyor-worker")),
+        config,
+        &all,
+    )
 }
 
 /// A fresh app with `orders` on the channel and stock for all of them, and
@@ -225,9 +123,9 @@ async fn three_workers_together_never_call_the_channel_faster_than_its_limit_and
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let (mut app, config) = limited_app(60, "").await;
-    let mut fleet = Fleet(
+    let mut fleet = Procs(
         (0..WORKERS)
-            .map(|i| Worker::start(i, &config, &[]))
+            .map(|i| start_worker(i, &config, &[]))
             .collect(),
     );
     app.settings.scheduler.tick_secs = 2;
@@ -260,7 +158,7 @@ async fn three_workers_together_never_call_the_channel_faster_than_its_limit_and
     // The waits show on the workers' /metrics; none fell back.
     let mut waits = 0.0;
     for w in &fleet.0 {
-        let addr = w.metrics_addr().await;
+        let addr = w.wait_listen_addr().await;
         waits += metric(
             &addr,
             &format!("conveyor_rate_limit_waits_total{{api=\"{CHANNEL_API}\"}}"),
@@ -279,7 +177,7 @@ async fn three_workers_together_never_call_the_channel_faster_than_its_limit_and
     assert!(waits > 0.0, "the limiter held calls back");
 
     for w in std::mem::take(&mut fleet.0) {
-        w.stop().await;
+        w.sigterm_and_wait().await;
     }
     let _ = std::fs::remove_file(&config);
     app.shutdown().await;
@@ -296,9 +194,9 @@ async fn every_order_ships_when_redis_dies_mid_run_and_each_worker_keeps_to_its_
     let (mut app, config) =
         limited_app(45, "[limits.carrier]\nrate_per_sec = 10.0\nburst = 10\n").await;
     let env = [("CONVEYOR_REDIS__URL", redis_url.as_str())];
-    let mut fleet = Fleet(
+    let mut fleet = Procs(
         (0..WORKERS)
-            .map(|i| Worker::start(i, &config, &env))
+            .map(|i| start_worker(i, &config, &env))
             .collect(),
     );
     app.settings.scheduler.tick_secs = 2;
@@ -332,7 +230,7 @@ async fn every_order_ships_when_redis_dies_mid_run_and_each_worker_keeps_to_its_
             "worker {} logged the fallback",
             w.pid
         );
-        let addr = w.metrics_addr().await;
+        let addr = w.wait_listen_addr().await;
         for api in [CHANNEL_API, "easypost"] {
             assert_eq!(
                 metric(
@@ -370,7 +268,7 @@ async fn every_order_ships_when_redis_dies_mid_run_and_each_worker_keeps_to_its_
     }
 
     for w in std::mem::take(&mut fleet.0) {
-        w.stop().await;
+        w.sigterm_and_wait().await;
     }
     let _ = std::fs::remove_file(&config);
     app.shutdown().await;
