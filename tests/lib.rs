@@ -314,6 +314,39 @@ impl TestApp {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
 
+    /// The payloads queued on `queue` that have not run yet, with their ids.
+    pub async fn pending_jobs(&self, queue: Queue) -> Vec<(String, serde_json::Value)> {
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, job FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' ORDER BY id",
+        )
+        .bind(queue.name())
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|(id, job)| (id, serde_json::from_slice(&job).unwrap()))
+            .collect()
+    }
+
+    /// Runs every pending job of `queue` once through the worker's own
+    /// dispatch (a failure fails the test) and marks it done; returns the
+    /// payloads it ran.
+    pub async fn run_pending(&self, queue: Queue) -> Vec<serde_json::Value> {
+        let mut payloads = Vec::new();
+        for (id, payload) in self.pending_jobs(queue).await {
+            runner::dispatch(&self.deps, queue, payload.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{queue} job {payload} failed: {e}"));
+            sqlx::query("UPDATE apalis.jobs SET status = 'Done', done_at = now() WHERE id = $1")
+                .bind(&id)
+                .execute(&self.pool)
+                .await
+                .unwrap();
+            payloads.push(payload);
+        }
+        payloads
+    }
+
     /// [`TestApp::count`] with one bound id (`$1`).
     pub async fn count_with(&self, sql: &'static str, id: i64) -> i64 {
         sqlx::query_scalar(sql)

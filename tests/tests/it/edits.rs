@@ -63,38 +63,6 @@ async fn on_hand(app: &TestApp) -> BTreeMap<(String, String), i64> {
         .collect()
 }
 
-/// The payloads queued on `queue` that have not run yet, with their ids.
-async fn pending(app: &TestApp, queue: Queue) -> Vec<(String, Value)> {
-    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, job FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' ORDER BY id",
-    )
-    .bind(queue.name())
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    rows.into_iter()
-        .map(|(id, job)| (id, serde_json::from_slice(&job).unwrap()))
-        .collect()
-}
-
-/// Runs every pending job of `queue` once (a failure fails the test) and
-/// marks it done; returns the payloads it ran.
-async fn run_queue(app: &TestApp, queue: Queue) -> Vec<Value> {
-    let mut payloads = Vec::new();
-    for (id, payload) in pending(app, queue).await {
-        dispatch(&app.deps, queue, payload.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{queue} job {payload} failed: {e}"));
-        sqlx::query("UPDATE apalis.jobs SET status = 'Done', done_at = now() WHERE id = $1")
-            .bind(&id)
-            .execute(&app.pool)
-            .await
-            .unwrap();
-        payloads.push(payload);
-    }
-    payloads
-}
-
 /// Everything a cancel job or a re-import could change, as comparable JSON.
 async fn snapshot(app: &TestApp) -> BTreeMap<String, Value> {
     let queries = [
@@ -149,7 +117,7 @@ impl Shop {
         conveyor_jobs::import::enqueue_tick(&self.app.pool, CHANNEL, self.tick)
             .await
             .unwrap();
-        run_queue(&self.app, Queue::Import).await;
+        self.app.run_pending(Queue::Import).await;
     }
 
     /// Imports the channel's changes, then imports again: the second import
@@ -162,7 +130,7 @@ impl Shop {
             .await
             .unwrap();
         // Its own import job is the one difference a re-import may make.
-        let payloads = run_queue(&self.app, Queue::Import).await;
+        let payloads = self.app.run_pending(Queue::Import).await;
         assert_eq!(payloads.len(), 1);
         let mut twice = snapshot(&self.app).await;
         let jobs = "SELECT job_type, idempotency_key FROM apalis.jobs ORDER BY 1, 2";
@@ -176,7 +144,7 @@ impl Shop {
     /// Runs the pipeline's queues from reserve up to and including `last`.
     async fn run_through(&self, last: Queue) {
         for queue in &PIPELINE[1..] {
-            run_queue(&self.app, *queue).await;
+            self.app.run_pending(*queue).await;
             self.assert_stock_balances().await;
             if *queue == last {
                 break;
@@ -189,7 +157,7 @@ impl Shop {
         loop {
             let mut ran = 0;
             for queue in PIPELINE.iter().chain([&Queue::Cancel]) {
-                ran += run_queue(&self.app, *queue).await.len();
+                ran += self.app.run_pending(*queue).await.len();
             }
             self.assert_stock_balances().await;
             if ran == 0 {
@@ -201,7 +169,7 @@ impl Shop {
     /// Runs the pending cancel jobs, then the same payloads again: the
     /// second run must change nothing. Returns how many there were.
     async fn cancel_twice(&self) -> usize {
-        let payloads = run_queue(&self.app, Queue::Cancel).await;
+        let payloads = self.app.run_pending(Queue::Cancel).await;
         let once = snapshot(&self.app).await;
         for payload in &payloads {
             dispatch(&self.app.deps, Queue::Cancel, payload.clone())

@@ -98,40 +98,6 @@ async fn snapshot(app: &TestApp) -> BTreeMap<String, Value> {
     out
 }
 
-/// The payloads queued on `queue` that have not run yet.
-async fn pending(app: &TestApp, queue: Queue) -> Vec<(String, Value)> {
-    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, job FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' ORDER BY id",
-    )
-    .bind(queue.name())
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    rows.into_iter()
-        .map(|(id, job)| (id, serde_json::from_slice(&job).unwrap()))
-        .collect()
-}
-
-/// Runs every pending job of `queue` once and marks it done; returns the
-/// payloads it ran.
-async fn run_queue(app: &TestApp, queue: Queue) -> Vec<Value> {
-    let jobs = pending(app, queue).await;
-    assert!(!jobs.is_empty(), "{queue}: something to run");
-    let mut payloads = Vec::new();
-    for (id, payload) in jobs {
-        dispatch(&app.deps, queue, payload.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{queue} job failed: {e}"));
-        sqlx::query("UPDATE apalis.jobs SET status = 'Done', done_at = now() WHERE id = $1")
-            .bind(&id)
-            .execute(&app.pool)
-            .await
-            .unwrap();
-        payloads.push(payload);
-    }
-    payloads
-}
-
 async fn job_runs_twice_as_once(target: Queue) {
     let app = spawn_app(AppOptions {
         orders: 6,
@@ -144,11 +110,13 @@ async fn job_runs_twice_as_once(target: Queue) {
         .unwrap();
     for queue in Queue::ALL {
         if queue != target {
-            run_queue(&app, queue).await;
+            let ran = app.run_pending(queue).await;
+            assert!(!ran.is_empty(), "{queue}: something to run");
             continue;
         }
         let before = snapshot(&app).await;
-        let payloads = run_queue(&app, queue).await;
+        let payloads = app.run_pending(queue).await;
+        assert!(!payloads.is_empty(), "{queue}: something to run");
         let once = snapshot(&app).await;
         assert_ne!(before, once, "{queue}: the first run changed something");
         for payload in payloads {
