@@ -292,11 +292,24 @@ async fn upsert_order(
         }
         return Ok(Upserted::Updated(Vec::new()));
     }
-    for line in &order.lines {
+    store_lines(tx, order_id, &order.lines).await?;
+    Ok(Upserted::New { order_id, version })
+}
+
+/// Writes an order's lines as the channel sent them: new lines added, known
+/// ones (by the channel's line id) brought up to date.
+pub(crate) async fn store_lines(
+    tx: &mut PgConnection,
+    order_id: i64,
+    lines: &[crate::channel::ChannelLine],
+) -> Result<(), sqlx::Error> {
+    for line in lines {
         sqlx::query(
             "INSERT INTO order_lines (order_id, external_id, sku, name, quantity, fulfillment_ref)
              VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (order_id, external_id) DO NOTHING",
+             ON CONFLICT (order_id, external_id) DO UPDATE
+                 SET sku = EXCLUDED.sku, name = EXCLUDED.name, quantity = EXCLUDED.quantity,
+                     fulfillment_ref = EXCLUDED.fulfillment_ref",
         )
         .bind(order_id)
         .bind(&line.external_id)
@@ -307,7 +320,7 @@ async fn upsert_order(
         .execute(&mut *tx)
         .await?;
     }
-    Ok(Upserted::New { order_id, version })
+    Ok(())
 }
 
 /// Keeps a malformed order where ops can see it: as a `rejected` order when

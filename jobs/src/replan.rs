@@ -149,23 +149,7 @@ pub async fn on_newer_version(
     }
 
     let version = prior.version + 1;
-    for line in &order.lines {
-        sqlx::query(
-            "INSERT INTO order_lines (order_id, external_id, sku, name, quantity, fulfillment_ref)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (order_id, external_id) DO UPDATE
-                 SET sku = EXCLUDED.sku, name = EXCLUDED.name, quantity = EXCLUDED.quantity,
-                     fulfillment_ref = EXCLUDED.fulfillment_ref",
-        )
-        .bind(order_id)
-        .bind(&line.external_id)
-        .bind(&line.sku)
-        .bind(&line.name)
-        .bind(line.quantity as i32)
-        .bind(&line.fulfillment_ref)
-        .execute(&mut *tx)
-        .await?;
-    }
+    crate::import::store_lines(tx, order_id, &order.lines).await?;
     let kept: Vec<String> = order.lines.iter().map(|l| l.external_id.clone()).collect();
     sqlx::query(
         "UPDATE order_lines SET quantity = 0 WHERE order_id = $1 AND NOT (external_id = ANY($2))",
