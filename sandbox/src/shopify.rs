@@ -242,6 +242,7 @@ fn execute(app: &App, request: &GraphQlRequest) -> (String, bool) {
         meter.total()
     };
     world.bucket.available = (world.bucket.available - f64::from(actual)).max(0.0);
+    world.stats.query_cost += u64::from(actual);
     let cost = json!({
         "requestedQueryCost": requested,
         "actualQueryCost": actual,

@@ -49,6 +49,9 @@ pub struct Stats {
     pub over_fulfillment_attempts: u64,
     /// GraphQL requests refused with `THROTTLED` or `MAX_COST_EXCEEDED`.
     pub throttled_requests: u64,
+    /// Query-cost points spent by the GraphQL requests served (their
+    /// `actualQueryCost`), whether or not the throttle is enforced.
+    pub query_cost: u64,
     /// Faults injected in total, of every kind on both APIs.
     pub injected_faults: u64,
     /// Faults injected per API and kind.

@@ -92,10 +92,9 @@ async fn snapshot(app: &TestApp) -> BTreeMap<String, Value> {
     }
     let mut stats = serde_json::to_value(app.sandbox.stats()).unwrap();
     // Request counters count reads, which a repeat may legitimately make.
-    stats
-        .as_object_mut()
-        .unwrap()
-        .retain(|k, _| k != "requests" && !k.ends_with("_requests_per_second"));
+    stats.as_object_mut().unwrap().retain(|k, _| {
+        k != "requests" && k != "query_cost" && !k.ends_with("_requests_per_second")
+    });
     out.insert("sandbox".into(), stats);
     out
 }

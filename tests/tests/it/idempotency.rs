@@ -84,10 +84,12 @@ async fn snapshot(app: &TestApp) -> BTreeMap<String, Value> {
         );
     }
     let mut stats = serde_json::to_value(app.sandbox.stats()).unwrap();
-    // Request counters count reads, which a repeat may legitimately make.
+    // Request counters (and the query cost the requests spent) count reads,
+    // which a repeat may legitimately make.
     if let Some(map) = stats.as_object_mut() {
         for counter in [
             "requests",
+            "query_cost",
             "channel_requests_per_second",
             "carrier_requests_per_second",
         ] {
