@@ -8,7 +8,13 @@
 //! run gets a fresh database (or a fresh Redis key prefix), so no run sees
 //! another's rows.
 //!
+//! `conveyor-bench pipeline` pushes a backlog of orders through all seven
+//! jobs with real `conveyor-worker` processes and prints orders per hour,
+//! per-stage latencies and each worker's peak RSS.
+//!
 //! ```text
+//! cargo run --release -p conveyor-bench -- pipeline
+//! cargo run --release -p conveyor-bench -- pipeline --orders 2000 --workers 1 --latency zero
 //! cargo run --release -p conveyor-bench -- queue                 # Conveyor and the peers
 //! cargo run --release -p conveyor-bench -- queue --no-peers --jobs 2000
 //! cargo run --release -p conveyor-bench -- queue --no-peers --batch-size 100 --concurrency 50
@@ -21,13 +27,15 @@ use clap::{Args, Parser, Subcommand};
 mod conveyor;
 mod drain;
 mod peers;
+mod pipeline;
 mod report;
 mod server;
+mod slips;
 
 #[derive(Parser)]
 #[command(
     name = "conveyor-bench",
-    about = "Conveyor's queue throughput benchmark"
+    about = "Conveyor's benchmarks: the queue against its peers, and the whole pipeline"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,6 +47,10 @@ enum Command {
     /// Enqueue, then drain, no-op jobs on Conveyor's queue and on the peers;
     /// print the medians and the ratios.
     Queue(QueueArgs),
+    /// Push a backlog of orders through all seven jobs with 1, 2 and 4
+    /// worker processes, at zero and at realistic sandbox latency; print
+    /// orders per hour, per-stage latencies and each worker's peak RSS.
+    Pipeline(pipeline::PipelineArgs),
     /// One worker process draining the benchmark queue; `queue` starts it.
     #[command(hide = true)]
     QueueWorker(conveyor::WorkerArgs),
@@ -88,6 +100,7 @@ pub struct QueueArgs {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Queue(args) => run_queue(args).await,
+        Command::Pipeline(args) => pipeline::run(args).await,
         Command::QueueWorker(args) => conveyor::work(args).await,
     }
 }
@@ -100,7 +113,8 @@ async fn run_queue(args: QueueArgs) -> anyhow::Result<()> {
         !args.concurrency.is_empty() && args.concurrency.iter().all(|c| *c > 0),
         "--concurrency takes one or more numbers above 0"
     );
-    let machine = server::describe(&args).await?;
+    let redis = (!args.no_peers).then_some(args.redis_url.as_str());
+    let machine = server::describe(&args.database_url, redis).await?;
     print!("{machine}");
     if !machine.durable() && !args.allow_unsafe {
         anyhow::bail!(

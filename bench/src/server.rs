@@ -6,8 +6,6 @@ use std::str::FromStr;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-use crate::QueueArgs;
-
 /// What a table of figures needs next to it: the machine, and the
 /// settings of Postgres (and Redis) that decide what a commit costs.
 pub struct Machine {
@@ -21,12 +19,16 @@ pub struct Machine {
 impl Machine {
     /// Both on, or commits are not durable and the figures mean little.
     pub fn durable(&self) -> bool {
-        let on = |name: &str| {
-            self.postgres
-                .iter()
-                .any(|(n, v)| *n == name && v.as_str() == "on")
-        };
-        on("fsync") && on("synchronous_commit")
+        self.postgres_setting("fsync") == Some("on")
+            && self.postgres_setting("synchronous_commit") == Some("on")
+    }
+
+    /// One of the Postgres settings read (`SHOW name`).
+    pub fn postgres_setting(&self, name: &str) -> Option<&str> {
+        self.postgres
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -54,10 +56,11 @@ impl fmt::Display for Machine {
 }
 
 /// Reads the machine and the servers' settings.
-pub async fn describe(args: &QueueArgs) -> anyhow::Result<Machine> {
-    let mut conn = PgConnection::connect_with(&PgConnectOptions::from_str(&args.database_url)?)
+/// Redis is described only when `redis_url` is given.
+pub async fn describe(database_url: &str, redis_url: Option<&str>) -> anyhow::Result<Machine> {
+    let mut conn = PgConnection::connect_with(&PgConnectOptions::from_str(database_url)?)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach Postgres at {}: {e}", args.database_url))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach Postgres at {database_url}: {e}"))?;
     let mut postgres = Vec::new();
     for name in [
         "server_version",
@@ -74,10 +77,9 @@ pub async fn describe(args: &QueueArgs) -> anyhow::Result<Machine> {
         postgres.push((name, value));
     }
     conn.close().await?;
-    let redis = if args.no_peers {
-        None
-    } else {
-        Some(redis_settings(&args.redis_url).await?)
+    let redis = match redis_url {
+        Some(url) => Some(redis_settings(url).await?),
+        None => None,
     };
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
