@@ -11,14 +11,25 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The binary `name` of this workspace, next to `next_to` (a binary of the
-/// test's own package, `env!("CARGO_BIN_EXE_...")`). A narrower
-/// `cargo test -p ...` may not have built it: it is built then.
-pub fn sibling_binary(next_to: &str, name: &str) -> PathBuf {
-    let path = Path::new(next_to).with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+/// caller's own package: `env!("CARGO_BIN_EXE_...")` in a test, the running
+/// executable in the benchmark). A narrower `cargo test -p ...` or `cargo
+/// build -p ...` may not have built it: it is built then, in `next_to`'s
+/// profile.
+pub fn sibling_binary(next_to: impl AsRef<Path>, name: &str) -> PathBuf {
+    let next_to = next_to.as_ref();
+    let path = next_to.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !path.exists() {
+        let release = next_to
+            .parent()
+            .and_then(|dir| dir.file_name())
+            .is_some_and(|dir| dir == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = std::process::Command::new(cargo)
-            .args(["build", "--bin", name])
+        let mut command = std::process::Command::new(cargo);
+        command.args(["build", "--bin", name]);
+        if release {
+            command.arg("--release");
+        }
+        let ok = command
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .map(|s| s.success())

@@ -14,13 +14,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use conveyor_jobs::queue::Queue;
 use conveyor_sandbox::{ApiFaults, CarrierFaults, ChannelFaults, Faults};
-use conveyor_tests::process::Proc;
+use conveyor_tests::process::{Proc, sibling_binary};
 use conveyor_tests::{AppOptions, TestApp, spawn_app};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
@@ -106,15 +106,8 @@ impl Profile {
     }
 }
 
-/// The queues whose slots `--concurrency` shares out.
-const SHARED: [Queue; 6] = [
-    Queue::Reserve,
-    Queue::Split,
-    Queue::Rate,
-    Queue::Render,
-    Queue::Purchase,
-    Queue::Commit,
-];
+/// The queues whose slots `--concurrency` shares out: the six after import.
+const SHARED: &[Queue] = Queue::PIPELINE.split_at(1).1;
 
 /// What one run measured.
 struct RunResult {
@@ -157,7 +150,7 @@ pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
             args.pool
         );
     }
-    let worker = worker_binary()?;
+    let worker = sibling_binary(std::env::current_exe()?, "conveyor-worker");
     let per_queue = args.concurrency.div_ceil(SHARED.len());
 
     if args.slips > 0 {
@@ -179,7 +172,11 @@ pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
         "\n{} orders per run; each worker: {} slots ({per_queue} on each of {}), import 2, pool {}",
         args.orders,
         per_queue * SHARED.len(),
-        SHARED.map(|q| q.name()).join(", "),
+        SHARED
+            .iter()
+            .map(|q| q.name())
+            .collect::<Vec<_>>()
+            .join(", "),
         args.pool
     );
     let mut results = Vec::new();
@@ -289,11 +286,12 @@ async fn measure(
         for (wait, count) in backend_waits(&pool).await? {
             *waits.entry(wait).or_default() += count;
         }
-        let (finished, left) = progress_counts(&pool).await?;
+        let finished = finished_orders(&pool).await?;
         progress.set_position(finished as u64);
         let hours = clock.elapsed().as_secs_f64() / 3600.0;
         progress.set_message(format!("{:.0} orders/h so far", finished as f64 / hours));
-        if finished >= args.orders as i64 && left == 0 {
+        // The jobs table is only scanned once every order looks finished.
+        if finished >= args.orders as i64 && jobs_left(&pool).await? == 0 {
             break;
         }
         if let Some(dead) = procs.iter_mut().find_map(|p| match p.child.try_wait() {
@@ -306,9 +304,10 @@ async fn measure(
         if Instant::now() > deadline {
             progress.abandon();
             anyhow::bail!(
-                "{finished} of {} orders finished after {} minutes; {left} jobs left",
+                "{finished} of {} orders finished after {} minutes; {} jobs left",
                 args.orders,
-                args.timeout_mins
+                args.timeout_mins,
+                jobs_left(&pool).await?
             );
         }
     }
@@ -387,23 +386,26 @@ async fn measure(
     })
 }
 
-/// Orders in a state they stay in without more work, and jobs still to run
-/// (imports aside: the scheduler enqueues one every tick).
-async fn progress_counts(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
-    let finished: i64 = sqlx::query_scalar(
+/// Orders in a state they stay in without more work.
+async fn finished_orders(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
         "SELECT count(*) FROM orders
          WHERE state IN ('shipped', 'backordered', 'cancelled', 'rejected', 'on_hold')",
     )
     .fetch_one(pool)
-    .await?;
-    let left: i64 = sqlx::query_scalar(
+    .await?)
+}
+
+/// Jobs still to run, imports aside (the scheduler enqueues one every tick,
+/// so [`conveyor_jobs::stats::unfinished_jobs`] is rarely zero while it runs).
+async fn jobs_left(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
         "SELECT count(*) FROM apalis.jobs
          WHERE job_type <> 'import' AND status NOT IN ('Done', 'Killed')
            AND NOT (status = 'Failed' AND attempts >= max_attempts)",
     )
     .fetch_one(pool)
-    .await?;
-    Ok((finished, left))
+    .await?)
 }
 
 /// What the run's active Postgres backends are waiting on now (`running`:
@@ -586,37 +588,6 @@ fn thousands(value: f64) -> String {
         out.push(c);
     }
     out
-}
-
-/// `conveyor-worker`, next to this binary; built (in this binary's
-/// profile) when it is not there yet.
-fn worker_binary() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let path = me.with_file_name(format!("conveyor-worker{}", std::env::consts::EXE_SUFFIX));
-    if path.exists() {
-        return Ok(path);
-    }
-    let release = me
-        .parent()
-        .and_then(|d| d.file_name())
-        .is_some_and(|name| name == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = std::process::Command::new(cargo);
-    command.args(["build", "-p", "conveyor-worker", "--bin", "conveyor-worker"]);
-    if release {
-        command.arg("--release");
-    }
-    println!(
-        "building conveyor-worker ({})",
-        if release { "release" } else { "debug" }
-    );
-    let ok = command.status().map(|s| s.success()).unwrap_or(false);
-    anyhow::ensure!(
-        ok && path.exists(),
-        "cannot build conveyor-worker next to {}",
-        me.display()
-    );
-    Ok(path)
 }
 
 #[cfg(test)]

@@ -51,6 +51,18 @@ impl Queue {
         Queue::Cancel,
     ];
 
+    /// The seven queues an order goes through, in that order (`ALL` less
+    /// `cancel`).
+    pub const PIPELINE: [Queue; 7] = [
+        Queue::Import,
+        Queue::Reserve,
+        Queue::Split,
+        Queue::Rate,
+        Queue::Render,
+        Queue::Purchase,
+        Queue::Commit,
+    ];
+
     /// The queue's name in `apalis.jobs.job_type`.
     pub fn name(self) -> &'static str {
         match self {

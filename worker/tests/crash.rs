@@ -126,14 +126,7 @@ async fn crash_then_recover(point: &'static str, stage: Stage) {
 /// backordered, then holds back every commit job but that of an order with
 /// a line split across packages.
 async fn hold_all_commits_but_a_split_line(app: &mut TestApp) {
-    app.start_worker_for(&[
-        Queue::Import,
-        Queue::Reserve,
-        Queue::Split,
-        Queue::Rate,
-        Queue::Render,
-        Queue::Purchase,
-    ]);
+    app.start_worker_for(&Queue::PIPELINE[..6]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let created = app.sandbox.stats().orders_created as i64;

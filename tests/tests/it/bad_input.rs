@@ -28,14 +28,7 @@ async fn import_only(app: &mut TestApp) {
 
 /// Runs the other six queues and waits until the pipeline is quiet.
 async fn run_the_rest(app: &mut TestApp) {
-    app.start_worker_for(&[
-        Queue::Reserve,
-        Queue::Split,
-        Queue::Rate,
-        Queue::Render,
-        Queue::Purchase,
-        Queue::Commit,
-    ]);
+    app.start_worker_for(&Queue::PIPELINE[1..]);
     app.drain(Duration::from_secs(120)).await;
 }
 

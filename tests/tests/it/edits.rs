@@ -15,17 +15,6 @@ use serde_json::Value;
 
 use conveyor_tests::{AppOptions, CHANNEL, TestApp, spawn_app};
 
-/// The pipeline's queues in the order an order goes through them.
-const PIPELINE: [Queue; 7] = [
-    Queue::Import,
-    Queue::Reserve,
-    Queue::Split,
-    Queue::Rate,
-    Queue::Render,
-    Queue::Purchase,
-    Queue::Commit,
-];
-
 struct Shop {
     app: TestApp,
     tick: i64,
@@ -142,7 +131,7 @@ impl Shop {
 
     /// Runs the pipeline's queues from reserve up to and including `last`.
     async fn run_through(&self, last: Queue) {
-        for queue in &PIPELINE[1..] {
+        for queue in &Queue::PIPELINE[1..] {
             self.app.run_pending(*queue).await;
             self.assert_stock_balances().await;
             if *queue == last {
@@ -155,7 +144,7 @@ impl Shop {
     async fn finish(&self) {
         loop {
             let mut ran = 0;
-            for queue in PIPELINE.iter().chain([&Queue::Cancel]) {
+            for queue in Queue::PIPELINE.iter().chain([&Queue::Cancel]) {
                 ran += self.app.run_pending(*queue).await.len();
             }
             self.assert_stock_balances().await;
