@@ -347,6 +347,18 @@ impl TestApp {
         payloads
     }
 
+    /// Units on hand per (SKU, warehouse): the starting point stock must
+    /// balance against.
+    pub async fn on_hand(&self) -> std::collections::BTreeMap<(String, String), i64> {
+        sqlx::query_as::<_, (String, String, i32)>("SELECT sku, warehouse, on_hand FROM stock")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(sku, warehouse, units)| ((sku, warehouse), i64::from(units)))
+            .collect()
+    }
+
     /// [`TestApp::count`] with one bound id (`$1`).
     pub async fn count_with(&self, sql: &'static str, id: i64) -> i64 {
         sqlx::query_scalar(sql)

@@ -122,7 +122,7 @@ struct Figures {
     orders_unaccounted: i64,
 }
 
-async fn figures(app: &TestApp, initial: &BTreeMap<(String, String), i32>) -> Figures {
+async fn figures(app: &TestApp, initial: &BTreeMap<(String, String), i64>) -> Figures {
     let mut f = Figures::default();
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT state::text, count(*) FROM orders GROUP BY 1")
@@ -172,7 +172,7 @@ async fn figures(app: &TestApp, initial: &BTreeMap<(String, String), i32>) -> Fi
                 .get(&(sku.clone(), wh.clone()))
                 .copied()
                 .unwrap_or(0);
-            i64::from(*on_hand) != i64::from(loaded) - committed || i64::from(*reserved) != *held
+            i64::from(*on_hand) != loaded - committed || i64::from(*reserved) != *held
         })
         .count() as i64;
     // The scheduler keeps enqueueing an import every tick, which finds
@@ -296,14 +296,7 @@ async fn the_fleet_loses_nothing_and_buys_nothing_twice_under_chaos() {
         ..AppOptions::default()
     })
     .await;
-    let initial: BTreeMap<(String, String), i32> =
-        sqlx::query_as::<_, (String, String, i32)>("SELECT sku, warehouse, on_hand FROM stock")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(s, w, q)| ((s, w), q))
-            .collect();
+    let initial = app.on_hand().await;
     let config = std::env::temp_dir().join(format!("conveyor-chaos-{}.toml", std::process::id()));
     std::fs::write(&config, app.config_toml()).unwrap();
     let mut fleet = Fleet {

@@ -68,7 +68,7 @@ async fn crash_then_recover(point: &'static str, stage: Stage) {
         ..AppOptions::default()
     })
     .await;
-    let initial = stock(&app).await;
+    let initial = app.on_hand().await;
     let files = Files::new(point, app.config_toml());
     conveyor_jobs::import::enqueue_tick(&app.pool, CHANNEL, 1)
         .await
@@ -196,15 +196,6 @@ async fn age_dead_workers(app: &TestApp, pid: u32) {
     assert!(aged > 0, "the dead worker {pid} had registered its workers");
 }
 
-async fn stock(app: &TestApp) -> BTreeMap<(String, String), i32> {
-    let rows: Vec<(String, String, i32)> =
-        sqlx::query_as("SELECT sku, warehouse, on_hand FROM stock")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    rows.into_iter().map(|(s, w, n)| ((s, w), n)).collect()
-}
-
 async fn rows<T>(app: &TestApp, sql: &'static str) -> Vec<T>
 where
     T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
@@ -214,7 +205,7 @@ where
 
 async fn assert_clean_end_state(
     app: &TestApp,
-    initial: &BTreeMap<(String, String), i32>,
+    initial: &BTreeMap<(String, String), i64>,
     point: &str,
 ) {
     let stats = app.sandbox.stats();
@@ -356,7 +347,7 @@ async fn assert_clean_end_state(
         let before = initial[&(sku.clone(), warehouse.clone())];
         assert_eq!(
             i64::from(on_hand),
-            i64::from(before) - committed,
+            before - committed,
             "{at}: on hand of {sku} at {warehouse}"
         );
         assert_eq!(

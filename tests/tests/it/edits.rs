@@ -34,22 +34,12 @@ async fn shop() -> Shop {
         .execute(&app.pool)
         .await
         .unwrap();
-    let initial = on_hand(&app).await;
+    let initial = app.on_hand().await;
     Shop {
         app,
         tick: 0,
         initial,
     }
-}
-
-async fn on_hand(app: &TestApp) -> BTreeMap<(String, String), i64> {
-    sqlx::query_as::<_, (String, String, i32)>("SELECT sku, warehouse, on_hand FROM stock")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(s, w, q)| ((s, w), i64::from(q)))
-        .collect()
 }
 
 /// Everything a cancel job or a re-import could change, as comparable JSON.

@@ -17,14 +17,7 @@ async fn a_backlog_flows_to_print_ready_labels_with_one_label_per_package_and_ba
         ..AppOptions::default()
     })
     .await;
-    let initial: HashMap<(String, String), i64> =
-        sqlx::query_as::<_, (String, String, i32)>("SELECT sku, warehouse, on_hand FROM stock")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(s, w, q)| ((s, w), i64::from(q)))
-            .collect();
+    let initial = app.on_hand().await;
     assert!(
         app.count("SELECT count(*) FROM products").await >= 20,
         "catalog of at least 20 SKUs"
