@@ -110,22 +110,24 @@ async fn a_carrier_outage_opens_the_breaker_stops_carrier_calls_and_every_order_
     app.sandbox.set_faults(outage());
     app.start_worker_for(&[Queue::Rate, Queue::Render, Queue::Purchase, Queue::Commit]);
     let first_open_until = Cell::new(0);
+    // The worker that opens the breaker writes Redis first and its gauge
+    // right after: wait for both rather than read the gauge in between.
     wait_for(
         Duration::from_secs(30),
-        "the carrier's breaker opens",
+        "the carrier's breaker opens and the gauge shows it",
         || {
             let redis = redis.clone();
             let first = &first_open_until;
+            let metrics = &metrics;
             async move {
                 let state = redis.state("easypost").await.unwrap();
                 first.set(state.open_until);
-                state.open_until > 0
+                state.open_until > 0 && metrics.breaker_open("easypost") == 1
             }
         },
     )
     .await;
     let first_open_until = first_open_until.get();
-    assert_eq!(metrics.breaker_open("easypost"), 1, "the gauge shows it");
     let calls_when_opened = carrier_calls(&app.sandbox.stats());
     assert!(
         calls_when_opened >= 5,
