@@ -188,12 +188,14 @@ async fn enqueue_all(pool: &PgPool, jobs: usize, batch: usize) -> anyhow::Result
         let chunk: Vec<NewJob> = (next..end)
             .map(|n| NewJob::new(QUEUE, format!("bench:{n}"), &serde_json::json!({ "n": n })))
             .collect();
-        let inserted = enqueue(&mut conn, &chunk).await?;
+        let wake = enqueue(&mut conn, &chunk).await?;
         anyhow::ensure!(
-            inserted as usize == chunk.len(),
-            "only {inserted} of {} jobs were enqueued",
+            wake.inserted() as usize == chunk.len(),
+            "only {} of {} jobs were enqueued",
+            wake.inserted(),
             chunk.len()
         );
+        wake.send(pool).await;
         next = end;
     }
     Ok(started.elapsed())

@@ -1056,12 +1056,12 @@ async fn load_checked(
             add_stock(&mut tx, rows).await?
         }
     };
-    let orders_resumed = if let ParsedRows::Restock(_) = rows {
+    let (orders_resumed, wake) = if let ParsedRows::Restock(_) = rows {
         crate::reserve::resume_backordered(&mut tx)
             .await
             .map_err(LoadError::Resume)?
     } else {
-        0
+        (0, crate::queue::Wake::default())
     };
     let kind = rows.kind();
     let stock_load_id = if matches!(kind, LoadKind::Stock | LoadKind::Restock) {
@@ -1102,6 +1102,7 @@ async fn load_checked(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    wake.send(pool).await;
     Ok(report)
 }
 

@@ -164,32 +164,47 @@ pub async fn run(deps: &Deps, job: CommitJob) -> Result<(), JobError> {
     if state != OrderState::Labelled {
         return Ok(());
     }
-    let held: Vec<(i64, String, String, i32)> = sqlx::query_as(
-        "SELECT id, sku, warehouse, quantity FROM reservations WHERE order_id = $1 AND state = 'held'
-         ORDER BY sku, warehouse",
+    let settled: Vec<(String, String, i32)> = sqlx::query_as(
+        "UPDATE reservations SET state = 'committed', settled_at = now()
+         WHERE order_id = $1 AND state = 'held'
+         RETURNING sku, warehouse, quantity",
     )
     .bind(job.order_id)
     .fetch_all(&mut *tx)
     .await?;
-    for (_, sku, warehouse, quantity) in &held {
-        sqlx::query(
-            "UPDATE stock SET on_hand = on_hand - $3, reserved = reserved - $3, updated_at = now()
-             WHERE sku = $1 AND warehouse = $2",
-        )
-        .bind(sku)
-        .bind(warehouse)
-        .bind(quantity)
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query("UPDATE reservations SET state = 'committed', settled_at = now() WHERE order_id = $1 AND state = 'held'")
-        .bind(job.order_id)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query(
         "UPDATE orders SET state = 'shipped', shipped_at = now(), updated_at = now() WHERE id = $1",
     )
     .bind(job.order_id)
+    .execute(&mut *tx)
+    .await?;
+    // The stock rows, shared by every order, last: locked in (sku,
+    // warehouse) order as the reserve job locks them, then taken out in one
+    // statement, so that they are held for two round trips and the commit.
+    let mut per_row: BTreeMap<(String, String), i32> = BTreeMap::new();
+    for (sku, warehouse, quantity) in settled {
+        *per_row.entry((sku, warehouse)).or_default() += quantity;
+    }
+    let (rows, quantities): (Vec<(String, String)>, Vec<i32>) = per_row.into_iter().unzip();
+    let (skus, warehouses): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
+    sqlx::query(
+        "SELECT 1 FROM stock
+         WHERE (sku, warehouse) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+         ORDER BY sku, warehouse FOR NO KEY UPDATE",
+    )
+    .bind(&skus)
+    .bind(&warehouses)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE stock s SET on_hand = s.on_hand - t.quantity, reserved = s.reserved - t.quantity,
+                            updated_at = now()
+         FROM unnest($1::text[], $2::text[], $3::int[]) AS t(sku, warehouse, quantity)
+         WHERE s.sku = t.sku AND s.warehouse = t.warehouse",
+    )
+    .bind(&skus)
+    .bind(&warehouses)
+    .bind(&quantities)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -17,7 +17,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use crate::error::ErrorClass;
-use crate::queue::Queue;
+use crate::queue::{Queue, Wake};
 
 /// Records one failed run of a job: its class and message, the worker that
 /// ran it (the job's current lock holder) and the time.
@@ -376,6 +376,9 @@ async fn review(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    if let (Review::Retry, Ok(queue)) = (review, stored.queue.parse::<Queue>()) {
+        Wake::job(queue, stored.job_id).send(pool).await;
+    }
     Ok(Ok(()))
 }
 

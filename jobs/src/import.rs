@@ -175,7 +175,7 @@ async fn import_pages(
             record_rejected(&mut tx, channel_id, rejected).await?;
             report.rejected_orders += 1;
         }
-        enqueue(&mut tx, &jobs).await?;
+        let wake = enqueue(&mut tx, &jobs).await?;
         crate::crash::point("import.after_upsert");
         let still_ours = sqlx::query(
             "UPDATE channels SET cursor = GREATEST(cursor, $2), last_import_at = now(),
@@ -196,6 +196,7 @@ async fn import_pages(
             return Ok(report);
         }
         tx.commit().await?;
+        wake.send(&deps.pool).await;
         match page.next_page {
             Some(next) if !page.orders.is_empty() || !page.rejected.is_empty() => {
                 after = Some(next)
@@ -375,5 +376,8 @@ pub async fn enqueue_tick(pool: &PgPool, channel: &str, tick: i64) -> Result<boo
         channel: channel.to_string(),
         tick,
     };
-    Ok(enqueue(&mut conn, &[job.to_job()]).await? == 1)
+    let wake = enqueue(&mut conn, &[job.to_job()]).await?;
+    let inserted = wake.inserted() == 1;
+    wake.send(pool).await;
+    Ok(inserted)
 }

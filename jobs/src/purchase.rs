@@ -28,7 +28,7 @@ use crate::commit::CommitJob;
 use crate::error::{ErrorClass, JobError};
 use crate::package::chosen_rate;
 use crate::pdf::{merge_print_ready, page_count};
-use crate::queue::{NewJob, Queue, enqueue};
+use crate::queue::{NewJob, Queue, Wake, enqueue};
 use crate::state::{DocumentKind, LabelState, OrderState, PackageState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,7 +244,7 @@ pub async fn run(
         .await?
         .rows_affected()
             == 1;
-    if labelled {
+    let wake = if labelled {
         enqueue(
             &mut tx,
             &[CommitJob {
@@ -253,9 +253,12 @@ pub async fn run(
             }
             .to_job()],
         )
-        .await?;
-    }
+        .await?
+    } else {
+        Wake::default()
+    };
     tx.commit().await?;
+    wake.send(pool).await;
     Ok(())
 }
 

@@ -9,20 +9,34 @@
 //! enqueued on the caller's connection so that the next step is committed in
 //! the same transaction as the state change that makes it due.
 //!
+//! Workers are woken after that commit, not inside it: [`enqueue`] returns a
+//! [`Wake`] that the caller sends once its transaction has committed. A
+//! `NOTIFY` inside the transaction (apalis's per-row insert trigger, which
+//! Conveyor drops) takes Postgres's database-wide notify lock at commit and
+//! holds it through the commit's WAL flush, so every enqueuing commit of the
+//! fleet would wait for the one before it. Sent on its own, the notification
+//! writes no WAL and holds that lock for microseconds. A wake that is never
+//! sent (a crash between commit and wake) costs latency only: workers also
+//! poll every `worker.poll_interval_ms`.
+//!
 //! ```no_run
-//! # async fn f(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+//! # async fn f(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
 //! use conveyor_jobs::queue::{enqueue, NewJob, Queue};
+//! let mut tx = pool.begin().await?;
 //! let job = NewJob::new(Queue::Reserve, "order:42:v1", &serde_json::json!({"order_id": 42, "version": 1}));
-//! enqueue(tx, &[job]).await?;
+//! let wake = enqueue(&mut tx, &[job]).await?;
+//! tx.commit().await?;
+//! wake.send(pool).await;
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
@@ -132,11 +146,76 @@ impl NewJob {
     }
 }
 
+/// The channel apalis-postgres's listeners wait on.
+const INSERT_CHANNEL: &str = "apalis::job::insert";
+
+/// Workers to wake once the transaction that enqueued their jobs has
+/// committed: one notification per queue that got a job due now.
+#[must_use = "send the wake after the transaction commits, or workers find the jobs only on their next poll"]
+#[derive(Debug, Default)]
+pub struct Wake {
+    inserted: u64,
+    /// A job id per queue woken; apalis's listener wants one, any will do.
+    due: BTreeMap<Queue, String>,
+}
+
+impl Wake {
+    /// Wakes `queue`'s workers for a job put back on it (a replayed dead
+    /// letter), not inserted by [`enqueue`].
+    pub fn job(queue: Queue, id: impl Into<String>) -> Wake {
+        Wake {
+            inserted: 0,
+            due: BTreeMap::from([(queue, id.into())]),
+        }
+    }
+
+    /// How many jobs the enqueue inserted (keys already queued are not).
+    pub fn inserted(&self) -> u64 {
+        self.inserted
+    }
+
+    /// This wake and `other` together.
+    pub fn and(mut self, other: Wake) -> Wake {
+        self.inserted += other.inserted;
+        for (queue, id) in other.due {
+            self.due.entry(queue).or_insert(id);
+        }
+        self
+    }
+
+    /// Notifies the woken queues' workers, outside any transaction. A failure
+    /// is logged, not returned: the jobs are committed and the workers' poll
+    /// finds them.
+    pub async fn send(self, pool: &PgPool) {
+        if self.due.is_empty() {
+            return;
+        }
+        let (queues, ids): (Vec<&str>, Vec<&str>) = self
+            .due
+            .iter()
+            .map(|(queue, id)| (queue.name(), id.as_str()))
+            .unzip();
+        let sent = sqlx::query(
+            "SELECT pg_notify($1, json_build_object('job_type', q, 'id', id)::text)
+             FROM unnest($2::text[], $3::text[]) AS t(q, id)",
+        )
+        .bind(INSERT_CHANNEL)
+        .bind(&queues)
+        .bind(&ids)
+        .execute(pool)
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, ?queues, "waking workers failed; they find the jobs on their next poll");
+        }
+    }
+}
+
 /// Inserts the jobs in one statement; keys already present on their queue
-/// are skipped. Returns how many were inserted.
-pub async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<u64, sqlx::Error> {
+/// are skipped. Returns the [`Wake`] to send once the caller's transaction
+/// has committed.
+pub async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Wake, sqlx::Error> {
     if jobs.is_empty() {
-        return Ok(0);
+        return Ok(Wake::default());
     }
     let ids: Vec<String> = jobs
         .iter()
@@ -148,13 +227,14 @@ pub async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<u64, sq
     let run_ats: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
     let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
     let attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts).collect();
-    let result = sqlx::query(
+    let result: Vec<(String, String, bool)> = sqlx::query_as(
         "INSERT INTO apalis.jobs
              (id, job_type, job, status, attempts, max_attempts, run_at, priority, idempotency_key)
          SELECT id, job_type, job, 'Pending', 0, max_attempts, COALESCE(run_at, now()), priority, key
          FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::timestamptz[], $6::int[], $7::text[])
               AS t(id, job_type, job, max_attempts, run_at, priority, key)
-         ON CONFLICT (job_type, idempotency_key) DO NOTHING",
+         ON CONFLICT (job_type, idempotency_key) DO NOTHING
+         RETURNING job_type, id, run_at <= now()",
     )
     .bind(&ids)
     .bind(&queues)
@@ -163,7 +243,17 @@ pub async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<u64, sq
     .bind(&run_ats)
     .bind(&priorities)
     .bind(&keys)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(result.rows_affected())
+    let mut wake = Wake {
+        inserted: result.len() as u64,
+        due: BTreeMap::new(),
+    };
+    for (queue, id, due) in result {
+        // A job delayed to a later run_at is found by the poll when it comes.
+        if let (true, Ok(queue)) = (due, queue.parse::<Queue>()) {
+            wake.due.entry(queue).or_insert(id);
+        }
+    }
+    Ok(wake)
 }

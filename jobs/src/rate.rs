@@ -106,7 +106,7 @@ pub async fn run(pool: &PgPool, carrier: &dyn CarrierApi, job: RateJob) -> Resul
         .bind(package.id)
         .execute(&mut *tx)
         .await?;
-    enqueue(
+    let wake = enqueue(
         &mut tx,
         &[RenderJob {
             package_id: package.id,
@@ -115,5 +115,6 @@ pub async fn run(pool: &PgPool, carrier: &dyn CarrierApi, job: RateJob) -> Resul
     )
     .await?;
     tx.commit().await?;
+    wake.send(pool).await;
     Ok(())
 }

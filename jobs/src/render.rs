@@ -74,7 +74,7 @@ pub async fn run(pool: &PgPool, job: RenderJob) -> Result<(), JobError> {
         .bind(package.id)
         .execute(&mut *tx)
         .await?;
-    enqueue(
+    let wake = enqueue(
         &mut tx,
         &[PurchaseJob {
             package_id: package.id,
@@ -84,5 +84,6 @@ pub async fn run(pool: &PgPool, job: RenderJob) -> Result<(), JobError> {
     .await?;
     tx.commit().await?;
     crate::crash::point("render.after_store");
+    wake.send(pool).await;
     Ok(())
 }

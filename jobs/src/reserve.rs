@@ -11,7 +11,7 @@
 //! (`reserved <= on_hand`) is never the thing that stops an oversell: the
 //! allocation only ever sees what is really available.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
@@ -19,7 +19,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::address::Address;
 use crate::allocation::{LineNeed, StockLevel, WarehouseSite, plan_allocation};
 use crate::error::JobError;
-use crate::queue::{NewJob, Queue, enqueue};
+use crate::queue::{NewJob, Queue, Wake, enqueue};
 use crate::split::SplitJob;
 use crate::state::OrderState;
 
@@ -62,20 +62,21 @@ pub async fn run(pool: &PgPool, job: ReserveJob) -> Result<(), JobError> {
     // lock, so that the new plan is allocated from scratch.
     crate::replan::release_reservations(&mut tx, job.order_id).await?;
     let complete = allocate(&mut tx, job.order_id).await?;
-    advance(&mut tx, job.order_id, version, complete).await?;
+    let wake = advance(&mut tx, job.order_id, version, complete).await?;
     tx.commit().await?;
     crate::crash::point("reserve.after_commit");
+    wake.send(pool).await;
     Ok(())
 }
 
 /// Records the outcome of an allocation: `reserved` (and split enqueued) or
-/// `backordered`.
+/// `backordered`. Returns the split's wake, to send after commit.
 async fn advance(
     tx: &mut PgConnection,
     order_id: i64,
     version: i32,
     complete: bool,
-) -> Result<(), JobError> {
+) -> Result<Wake, JobError> {
     let state = if complete {
         OrderState::Reserved
     } else {
@@ -86,10 +87,10 @@ async fn advance(
         .bind(state)
         .execute(&mut *tx)
         .await?;
-    if complete {
-        enqueue(tx, &[SplitJob { order_id, version }.to_job()]).await?;
+    if !complete {
+        return Ok(Wake::default());
     }
-    Ok(())
+    Ok(enqueue(tx, &[SplitJob { order_id, version }.to_job()]).await?)
 }
 
 /// Holds stock for whatever the order still lacks. Returns whether every
@@ -131,21 +132,9 @@ pub async fn allocate(tx: &mut PgConnection, order_id: i64) -> Result<bool, JobE
     if needs.is_empty() {
         return Ok(true);
     }
-    let stock: Vec<(String, String, i32, i32)> = sqlx::query_as(
-        "SELECT sku, warehouse, on_hand, reserved FROM stock
-         WHERE sku = ANY($1) ORDER BY sku, warehouse FOR UPDATE",
-    )
-    .bind(&skus)
-    .fetch_all(&mut *tx)
-    .await?;
-    let levels: Vec<StockLevel> = stock
-        .iter()
-        .map(|(sku, warehouse, on_hand, reserved)| StockLevel {
-            warehouse: warehouse.clone(),
-            sku: sku.clone(),
-            available: (on_hand - reserved).max(0) as u32,
-        })
-        .collect();
+    // What the plan needs besides stock is read before the stock rows are
+    // locked: every order shares those rows, so the lock is held for as few
+    // round trips as the plan allows (this read, one update, one insert).
     let sites: Vec<WarehouseSite> = sqlx::query_as::<_, (String, f64, f64, i32)>(
         "SELECT code, latitude, longitude, priority FROM warehouses",
     )
@@ -167,34 +156,71 @@ pub async fn allocate(tx: &mut PgConnection, order_id: i64) -> Result<bool, JobE
         .ok()
         .and_then(|a| a.coordinates());
 
+    let stock: Vec<(String, String, i32, i32)> = sqlx::query_as(
+        "SELECT sku, warehouse, on_hand, reserved FROM stock
+         WHERE sku = ANY($1) ORDER BY sku, warehouse FOR NO KEY UPDATE",
+    )
+    .bind(&skus)
+    .fetch_all(&mut *tx)
+    .await?;
+    let levels: Vec<StockLevel> = stock
+        .iter()
+        .map(|(sku, warehouse, on_hand, reserved)| StockLevel {
+            warehouse: warehouse.clone(),
+            sku: sku.clone(),
+            available: (on_hand - reserved).max(0) as u32,
+        })
+        .collect();
     let plan = plan_allocation(&needs, &sites, &levels, destination);
+    if plan.allocations.is_empty() {
+        return Ok(plan.short.is_empty());
+    }
     let sku_of: HashMap<i64, &str> = needs.iter().map(|n| (n.line_id, n.sku.as_str())).collect();
+    // Two lines of one SKU may draw on the same stock row: one sum per row,
+    // as an UPDATE ... FROM applies a single source row to each target.
+    let mut per_row: BTreeMap<(&str, &str), i32> = BTreeMap::new();
+    let (mut held_lines, mut held_skus, mut held_warehouses, mut held_quantities) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for a in &plan.allocations {
         let sku = sku_of.get(&a.line_id).copied().unwrap_or_default();
-        sqlx::query("UPDATE stock SET reserved = reserved + $3, updated_at = now() WHERE sku = $1 AND warehouse = $2")
-            .bind(sku)
-            .bind(&a.warehouse)
-            .bind(a.quantity as i32)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO reservations (order_id, order_line_id, sku, warehouse, quantity) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(order_id)
-        .bind(a.line_id)
-        .bind(sku)
-        .bind(&a.warehouse)
-        .bind(a.quantity as i32)
-        .execute(&mut *tx)
-        .await?;
+        *per_row.entry((sku, a.warehouse.as_str())).or_default() += a.quantity as i32;
+        held_lines.push(a.line_id);
+        held_skus.push(sku);
+        held_warehouses.push(a.warehouse.as_str());
+        held_quantities.push(a.quantity as i32);
     }
+    let (rows, row_quantities): (Vec<(&str, &str)>, Vec<i32>) = per_row.into_iter().unzip();
+    let (row_skus, row_warehouses): (Vec<&str>, Vec<&str>) = rows.into_iter().unzip();
+    sqlx::query(
+        "UPDATE stock s SET reserved = s.reserved + t.quantity, updated_at = now()
+         FROM unnest($1::text[], $2::text[], $3::int[]) AS t(sku, warehouse, quantity)
+         WHERE s.sku = t.sku AND s.warehouse = t.warehouse",
+    )
+    .bind(&row_skus)
+    .bind(&row_warehouses)
+    .bind(&row_quantities)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO reservations (order_id, order_line_id, sku, warehouse, quantity)
+         SELECT $1, line, sku, warehouse, quantity
+         FROM unnest($2::bigint[], $3::text[], $4::text[], $5::int[]) AS t(line, sku, warehouse, quantity)",
+    )
+    .bind(order_id)
+    .bind(&held_lines)
+    .bind(&held_skus)
+    .bind(&held_warehouses)
+    .bind(&held_quantities)
+    .execute(&mut *tx)
+    .await?;
     Ok(plan.short.is_empty())
 }
 
 /// Gives backordered orders, oldest first, the stock a restock just added.
 /// Runs inside the restock's transaction. Returns how many orders became
-/// fully reserved (and had their split enqueued).
-pub async fn resume_backordered(conn: &mut PgConnection) -> Result<u64, JobError> {
+/// fully reserved (and had their split enqueued), and the splits' wake to
+/// send after the restock commits.
+pub async fn resume_backordered(conn: &mut PgConnection) -> Result<(u64, Wake), JobError> {
     // Lock every backordered order first (oldest first), then stock inside
     // `allocate`: the same order-then-stock lock order as the reserve job.
     let orders: Vec<(i64, i32)> = sqlx::query_as(
@@ -203,6 +229,7 @@ pub async fn resume_backordered(conn: &mut PgConnection) -> Result<u64, JobError
     .fetch_all(&mut *conn)
     .await?;
     let mut resumed = 0;
+    let mut wake = Wake::default();
     for (order_id, version) in orders {
         let complete = match allocate(conn, order_id).await {
             Ok(complete) => complete,
@@ -215,9 +242,9 @@ pub async fn resume_backordered(conn: &mut PgConnection) -> Result<u64, JobError
             Err(e) => return Err(e),
         };
         if complete {
-            advance(conn, order_id, version, true).await?;
+            wake = wake.and(advance(conn, order_id, version, true).await?);
             resumed += 1;
         }
     }
-    Ok(resumed)
+    Ok((resumed, wake))
 }

@@ -139,8 +139,9 @@ pub async fn run(
         .bind(job.order_id)
         .execute(&mut *tx)
         .await?;
-    enqueue(&mut tx, &jobs).await?;
+    let wake = enqueue(&mut tx, &jobs).await?;
     tx.commit().await?;
     crate::crash::point("split.after_commit");
+    wake.send(pool).await;
     Ok(())
 }
