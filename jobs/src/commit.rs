@@ -23,6 +23,7 @@ use crate::error::JobError;
 use crate::queue::{NewJob, Queue};
 use crate::runner::Deps;
 use crate::state::OrderState;
+use crate::stock::{self, Change, Units};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitJob {
@@ -164,49 +165,26 @@ pub async fn run(deps: &Deps, job: CommitJob) -> Result<(), JobError> {
     if state != OrderState::Labelled {
         return Ok(());
     }
-    let settled: Vec<(String, String, i32)> = sqlx::query_as(
+    let settled: Units = sqlx::query_as::<_, (String, String, i32)>(
         "UPDATE reservations SET state = 'committed', settled_at = now()
          WHERE order_id = $1 AND state = 'held'
          RETURNING sku, warehouse, quantity",
     )
     .bind(job.order_id)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .collect();
     sqlx::query(
         "UPDATE orders SET state = 'shipped', shipped_at = now(), updated_at = now() WHERE id = $1",
     )
     .bind(job.order_id)
     .execute(&mut *tx)
     .await?;
-    // The stock rows, shared by every order, last: locked in (sku,
-    // warehouse) order as the reserve job locks them, then taken out in one
-    // statement, so that they are held for two round trips and the commit.
-    let mut per_row: BTreeMap<(String, String), i32> = BTreeMap::new();
-    for (sku, warehouse, quantity) in settled {
-        *per_row.entry((sku, warehouse)).or_default() += quantity;
-    }
-    let (rows, quantities): (Vec<(String, String)>, Vec<i32>) = per_row.into_iter().unzip();
-    let (skus, warehouses): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
-    sqlx::query(
-        "SELECT 1 FROM stock
-         WHERE (sku, warehouse) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-         ORDER BY sku, warehouse FOR NO KEY UPDATE",
-    )
-    .bind(&skus)
-    .bind(&warehouses)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE stock s SET on_hand = s.on_hand - t.quantity, reserved = s.reserved - t.quantity,
-                            updated_at = now()
-         FROM unnest($1::text[], $2::text[], $3::int[]) AS t(sku, warehouse, quantity)
-         WHERE s.sku = t.sku AND s.warehouse = t.warehouse",
-    )
-    .bind(&skus)
-    .bind(&warehouses)
-    .bind(&quantities)
-    .execute(&mut *tx)
-    .await?;
+    // The stock rows, shared by every order, last: held for two statements
+    // and the commit.
+    stock::lock(&mut tx, &settled).await?;
+    stock::apply(&mut tx, Change::Ship, &settled).await?;
     tx.commit().await?;
     tracing::info!(order_id = job.order_id, "order shipped");
     Ok(())

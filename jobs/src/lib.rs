@@ -46,3 +46,4 @@ pub mod settings;
 pub mod split;
 pub mod state;
 pub mod stats;
+pub mod stock;

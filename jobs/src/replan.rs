@@ -40,6 +40,7 @@ use crate::error::JobError;
 use crate::queue::NewJob;
 use crate::reserve::ReserveJob;
 use crate::state::OrderState;
+use crate::stock::{self, Change, Units};
 
 /// The stored order as it was before the import's upsert.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -235,13 +236,14 @@ async fn audit(
 /// releasing takes no stock lock out of that order. Returns the units
 /// released.
 pub async fn release_reservations(tx: &mut PgConnection, order_id: i64) -> Result<i64, JobError> {
-    let held: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT sku, warehouse, sum(quantity)::bigint FROM reservations
-         WHERE order_id = $1 AND state = 'held' GROUP BY sku, warehouse ORDER BY sku, warehouse",
+    let held: Units = sqlx::query_as::<_, (String, String, i32)>(
+        "SELECT sku, warehouse, quantity FROM reservations WHERE order_id = $1 AND state = 'held'",
     )
     .bind(order_id)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .collect();
     if held.is_empty() {
         return Ok(0);
     }
@@ -254,23 +256,12 @@ pub async fn release_reservations(tx: &mut PgConnection, order_id: i64) -> Resul
     .bind(order_id)
     .execute(&mut *tx)
     .await?;
-    let mut units = 0;
-    for (sku, warehouse, quantity) in &held {
-        sqlx::query(
-            "UPDATE stock SET reserved = reserved - $3, updated_at = now() WHERE sku = $1 AND warehouse = $2",
-        )
-        .bind(sku)
-        .bind(warehouse)
-        .bind(*quantity as i32)
-        .execute(&mut *tx)
-        .await?;
-        units += quantity;
-    }
+    stock::apply(tx, Change::Release, &held).await?;
     sqlx::query(
         "UPDATE reservations SET state = 'released', settled_at = now() WHERE order_id = $1 AND state = 'held'",
     )
     .bind(order_id)
     .execute(&mut *tx)
     .await?;
-    Ok(units)
+    Ok(held.total())
 }

@@ -11,7 +11,7 @@
 //! (`reserved <= on_hand`) is never the thing that stops an oversell: the
 //! allocation only ever sees what is really available.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
@@ -22,6 +22,7 @@ use crate::error::JobError;
 use crate::queue::{NewJob, Queue, Wake, enqueue};
 use crate::split::SplitJob;
 use crate::state::OrderState;
+use crate::stock::{self, Change, Units};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReserveJob {
@@ -176,31 +177,18 @@ pub async fn allocate(tx: &mut PgConnection, order_id: i64) -> Result<bool, JobE
         return Ok(plan.short.is_empty());
     }
     let sku_of: HashMap<i64, &str> = needs.iter().map(|n| (n.line_id, n.sku.as_str())).collect();
-    // Two lines of one SKU may draw on the same stock row: one sum per row,
-    // as an UPDATE ... FROM applies a single source row to each target.
-    let mut per_row: BTreeMap<(&str, &str), i32> = BTreeMap::new();
+    let mut units = Units::default();
     let (mut held_lines, mut held_skus, mut held_warehouses, mut held_quantities) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for a in &plan.allocations {
         let sku = sku_of.get(&a.line_id).copied().unwrap_or_default();
-        *per_row.entry((sku, a.warehouse.as_str())).or_default() += a.quantity as i32;
+        units.add(sku, &a.warehouse, a.quantity as i32);
         held_lines.push(a.line_id);
         held_skus.push(sku);
         held_warehouses.push(a.warehouse.as_str());
         held_quantities.push(a.quantity as i32);
     }
-    let (rows, row_quantities): (Vec<(&str, &str)>, Vec<i32>) = per_row.into_iter().unzip();
-    let (row_skus, row_warehouses): (Vec<&str>, Vec<&str>) = rows.into_iter().unzip();
-    sqlx::query(
-        "UPDATE stock s SET reserved = s.reserved + t.quantity, updated_at = now()
-         FROM unnest($1::text[], $2::text[], $3::int[]) AS t(sku, warehouse, quantity)
-         WHERE s.sku = t.sku AND s.warehouse = t.warehouse",
-    )
-    .bind(&row_skus)
-    .bind(&row_warehouses)
-    .bind(&row_quantities)
-    .execute(&mut *tx)
-    .await?;
+    stock::apply(tx, Change::Hold, &units).await?;
     sqlx::query(
         "INSERT INTO reservations (order_id, order_line_id, sku, warehouse, quantity)
          SELECT $1, line, sku, warehouse, quantity
