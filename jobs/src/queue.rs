@@ -65,17 +65,9 @@ impl Queue {
         Queue::Cancel,
     ];
 
-    /// The seven queues an order goes through, in that order (`ALL` less
-    /// `cancel`).
-    pub const PIPELINE: [Queue; 7] = [
-        Queue::Import,
-        Queue::Reserve,
-        Queue::Split,
-        Queue::Rate,
-        Queue::Render,
-        Queue::Purchase,
-        Queue::Commit,
-    ];
+    /// The seven queues an order goes through, in that order: `ALL` but
+    /// its last, `cancel`.
+    pub const PIPELINE: [Queue; 7] = *Queue::ALL.first_chunk::<7>().unwrap();
 
     /// The queue's name in `apalis.jobs.job_type`.
     pub fn name(self) -> &'static str {
@@ -227,14 +219,20 @@ pub async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Wake, s
     let run_ats: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
     let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
     let attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts).collect();
-    let result: Vec<(String, String, bool)> = sqlx::query_as(
-        "INSERT INTO apalis.jobs
-             (id, job_type, job, status, attempts, max_attempts, run_at, priority, idempotency_key)
-         SELECT id, job_type, job, 'Pending', 0, max_attempts, COALESCE(run_at, now()), priority, key
-         FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::timestamptz[], $6::int[], $7::text[])
-              AS t(id, job_type, job, max_attempts, run_at, priority, key)
-         ON CONFLICT (job_type, idempotency_key) DO NOTHING
-         RETURNING job_type, id, run_at <= now()",
+    // One row back per queue, however many jobs: how many went in, and one
+    // id among those due now (a job delayed to a later run_at is found by
+    // the poll when its time comes).
+    let inserted: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+        "WITH inserted AS (
+             INSERT INTO apalis.jobs
+                 (id, job_type, job, status, attempts, max_attempts, run_at, priority, idempotency_key)
+             SELECT id, job_type, job, 'Pending', 0, max_attempts, COALESCE(run_at, now()), priority, key
+             FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::timestamptz[], $6::int[], $7::text[])
+                  AS t(id, job_type, job, max_attempts, run_at, priority, key)
+             ON CONFLICT (job_type, idempotency_key) DO NOTHING
+             RETURNING job_type, id, run_at <= now() AS due
+         )
+         SELECT job_type, count(*), min(id) FILTER (WHERE due) FROM inserted GROUP BY job_type",
     )
     .bind(&ids)
     .bind(&queues)
@@ -245,14 +243,11 @@ pub async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Wake, s
     .bind(&keys)
     .fetch_all(conn)
     .await?;
-    let mut wake = Wake {
-        inserted: result.len() as u64,
-        due: BTreeMap::new(),
-    };
-    for (queue, id, due) in result {
-        // A job delayed to a later run_at is found by the poll when it comes.
-        if let (true, Ok(queue)) = (due, queue.parse::<Queue>()) {
-            wake.due.entry(queue).or_insert(id);
+    let mut wake = Wake::default();
+    for (queue, count, due) in inserted {
+        wake.inserted += count as u64;
+        if let (Some(id), Ok(queue)) = (due, queue.parse::<Queue>()) {
+            wake.due.insert(queue, id);
         }
     }
     Ok(wake)

@@ -48,6 +48,29 @@ async fn sentinel(pool: &PgPool, queue: &str) -> String {
     id
 }
 
+/// A listener on the insert channel, subscribed before this returns.
+async fn listening(pool: &PgPool) -> PgListener {
+    let mut listener = PgListener::connect_with(pool).await.unwrap();
+    listener.listen(CHANNEL).await.unwrap();
+    listener
+}
+
+/// The next `n` events, by queue name.
+async fn woken(listener: &mut PgListener, n: usize) -> Vec<InsertEvent> {
+    let mut events = Vec::new();
+    for _ in 0..n {
+        events.push(next_event(listener).await);
+    }
+    events.sort_by(|a, b| a.job_type.cmp(&b.job_type));
+    events
+}
+
+/// Nothing more was sent: the next notification is a sentinel sent now.
+async fn assert_nothing_more(listener: &mut PgListener, pool: &PgPool, why: &str) {
+    let sentinel = sentinel(pool, "split").await;
+    assert_eq!(next_event(listener).await.id.to_string(), sentinel, "{why}");
+}
+
 fn job(queue: Queue, key: &str) -> NewJob {
     NewJob::new(queue, key, &serde_json::json!({ "key": key }))
 }
@@ -55,8 +78,7 @@ fn job(queue: Queue, key: &str) -> NewJob {
 #[tokio::test]
 async fn jobs_wake_their_queues_once_after_commit_and_not_before() {
     let pool = fresh().await;
-    let mut listener = PgListener::connect_with(&pool).await.unwrap();
-    listener.listen(CHANNEL).await.unwrap();
+    let mut listener = listening(&pool).await;
 
     let mut tx = pool.begin().await.unwrap();
     let wake = enqueue(
@@ -73,22 +95,15 @@ async fn jobs_wake_their_queues_once_after_commit_and_not_before() {
     .unwrap();
     assert_eq!(wake.inserted(), 4);
     tx.commit().await.unwrap();
-
-    // Committed but not yet woken: no insert trigger notified anyone.
-    let before = sentinel(&pool, "rate").await;
-    let event = next_event(&mut listener).await;
-    assert_eq!(
-        event.id.to_string(),
-        before,
-        "a notification came from the enqueue's own transaction"
-    );
+    assert_nothing_more(
+        &mut listener,
+        &pool,
+        "a notification came from the enqueue's own transaction",
+    )
+    .await;
 
     wake.send(&pool).await;
-    let mut woken = [
-        next_event(&mut listener).await,
-        next_event(&mut listener).await,
-    ];
-    woken.sort_by(|a, b| a.job_type.cmp(&b.job_type));
+    let woken = woken(&mut listener, 2).await;
     assert_eq!(
         woken
             .iter()
@@ -105,9 +120,12 @@ async fn jobs_wake_their_queues_once_after_commit_and_not_before() {
             .expect("the wake names a job that was enqueued");
         assert_eq!(queued, event.job_type);
     }
-    // Nothing else was sent: the next notification is the next sentinel.
-    let after = sentinel(&pool, "rate").await;
-    assert_eq!(next_event(&mut listener).await.id.to_string(), after);
+    assert_nothing_more(
+        &mut listener,
+        &pool,
+        "the delayed commit job woke its queue",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -119,23 +137,20 @@ async fn a_key_already_queued_inserts_nothing_and_wakes_no_one() {
         .unwrap()
         .send(&pool)
         .await;
-    let mut listener = PgListener::connect_with(&pool).await.unwrap();
-    listener.listen(CHANNEL).await.unwrap();
+    let mut listener = listening(&pool).await;
 
     let again = enqueue(&mut conn, &[job(Queue::Split, "o:7:v1")])
         .await
         .unwrap();
     assert_eq!(again.inserted(), 0);
     again.send(&pool).await;
-    let sentinel = sentinel(&pool, "split").await;
-    assert_eq!(next_event(&mut listener).await.id.to_string(), sentinel);
+    assert_nothing_more(&mut listener, &pool, "a job already queued woke its queue").await;
 }
 
 #[tokio::test]
-async fn wakes_combine_and_a_replay_wakes_its_queue() {
+async fn wakes_combine_into_one_per_queue() {
     let pool = fresh().await;
-    let mut listener = PgListener::connect_with(&pool).await.unwrap();
-    listener.listen(CHANNEL).await.unwrap();
+    let mut listener = listening(&pool).await;
     let mut conn = pool.acquire().await.unwrap();
     let first = enqueue(&mut conn, &[job(Queue::Split, "o:1:v1")])
         .await
@@ -143,20 +158,21 @@ async fn wakes_combine_and_a_replay_wakes_its_queue() {
     let second = enqueue(&mut conn, &[job(Queue::Split, "o:2:v1")])
         .await
         .unwrap();
+    // A job put back on its queue (a dead letter retried) is woken by id.
     let id = ulid::Ulid::generate().to_string();
     let both = first
         .and(second)
         .and(Wake::job(Queue::Purchase, id.clone()));
     assert_eq!(both.inserted(), 2);
     both.send(&pool).await;
-    let mut woken = [
-        next_event(&mut listener).await,
-        next_event(&mut listener).await,
-    ];
-    woken.sort_by(|a, b| a.job_type.cmp(&b.job_type));
+    let woken = woken(&mut listener, 2).await;
     assert_eq!(woken[0].job_type, "purchase");
     assert_eq!(woken[0].id.to_string(), id);
-    assert_eq!(woken[1].job_type, "split", "two split jobs, one wake");
-    let sentinel = sentinel(&pool, "split").await;
-    assert_eq!(next_event(&mut listener).await.id.to_string(), sentinel);
+    assert_eq!(woken[1].job_type, "split");
+    assert_nothing_more(
+        &mut listener,
+        &pool,
+        "two split jobs woke their queue twice",
+    )
+    .await;
 }

@@ -134,7 +134,7 @@ impl Shop {
     async fn finish(&self) {
         loop {
             let mut ran = 0;
-            for queue in Queue::PIPELINE.iter().chain([&Queue::Cancel]) {
+            for queue in &Queue::ALL {
                 ran += self.app.run_pending(*queue).await.len();
             }
             self.assert_stock_balances().await;
