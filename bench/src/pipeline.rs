@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use conveyor_jobs::queue::Queue;
+use conveyor_jobs::stats::unfinished_jobs;
 use conveyor_sandbox::{ApiFaults, CarrierFaults, ChannelFaults, Faults};
 use conveyor_tests::process::{Proc, sibling_binary};
 use conveyor_tests::{AppOptions, TestApp, spawn_app};
@@ -254,14 +255,17 @@ async fn measure(
             .fetch_one(&pool)
             .await?;
     let pool_size = args.pool.to_string();
-    let mut procs: Vec<Proc> = (0..workers)
+    // Each worker's apalis workers are named after its own prefix, which
+    // is how the jobs it ran are told apart (`apalis.jobs.lock_by`).
+    let mut procs: Vec<Proc> = (1..=workers)
         .map(|i| {
             Proc::start(
-                &format!("worker-{}", i + 1),
+                &worker_prefix(i),
                 worker,
                 &config_path,
                 &[
                     ("CONVEYOR_DATABASE__MAX_CONNECTIONS", pool_size.as_str()),
+                    ("CONVEYOR_WORKER__NAME_PREFIX", worker_prefix(i).as_str()),
                     ("RUST_LOG", "warn"),
                 ],
             )
@@ -275,12 +279,12 @@ async fn measure(
     );
     let clock = Instant::now();
     let deadline = clock + Duration::from_secs(args.timeout_mins * 60);
-    let mut peak_in_flight: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut peak_in_flight: BTreeMap<String, i64> = BTreeMap::new();
     let mut waits: BTreeMap<String, i64> = BTreeMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        for (pid, running) in in_flight(&pool).await? {
-            let peak = peak_in_flight.entry(pid).or_default();
+        for (prefix, running) in jobs_per_worker(&pool, "Running").await? {
+            let peak = peak_in_flight.entry(prefix).or_default();
             *peak = (*peak).max(running);
         }
         for (wait, count) in backend_waits(&pool).await? {
@@ -291,7 +295,7 @@ async fn measure(
         let hours = clock.elapsed().as_secs_f64() / 3600.0;
         progress.set_message(format!("{:.0} orders/h so far", finished as f64 / hours));
         // The jobs table is only scanned once every order looks finished.
-        if finished >= args.orders as i64 && jobs_left(&pool).await? == 0 {
+        if finished >= args.orders as i64 && unfinished_jobs(&pool).await? == 0 {
             break;
         }
         if let Some(dead) = procs.iter_mut().find_map(|p| match p.child.try_wait() {
@@ -307,13 +311,16 @@ async fn measure(
                 "{finished} of {} orders finished after {} minutes; {} jobs left",
                 args.orders,
                 args.timeout_mins,
-                jobs_left(&pool).await?
+                unfinished_jobs(&pool).await?
             );
         }
     }
     progress.finish_and_clear();
 
-    let rss: Vec<(u32, f64)> = procs.iter().map(|p| (p.pid, peak_rss_mib(p.pid))).collect();
+    let rss: Vec<(String, u32, f64)> = procs
+        .iter()
+        .map(|p| (p.name.clone(), p.pid, peak_rss_mib(p.pid)))
+        .collect();
     for proc in procs.drain(..) {
         proc.sigterm_and_wait().await;
     }
@@ -346,12 +353,13 @@ async fn measure(
         "  postgres, active backends sampled every 0.5 s: {}",
         shares(&waits)
     );
-    let done_by = jobs_done_by(&pool).await?;
-    for (pid, mib) in &rss {
+    let done_by: BTreeMap<String, i64> =
+        jobs_per_worker(&pool, "Done").await?.into_iter().collect();
+    for (name, pid, mib) in &rss {
         println!(
-            "  worker pid {pid}: peak RSS {mib:.1} MiB, peak jobs in flight {}, jobs done {}",
-            peak_in_flight.get(pid).copied().unwrap_or(0),
-            done_by.get(pid).copied().unwrap_or(0)
+            "  {name} (pid {pid}): peak RSS {mib:.1} MiB, peak jobs in flight {}, jobs done {}",
+            peak_in_flight.get(name).copied().unwrap_or(0),
+            done_by.get(name).copied().unwrap_or(0)
         );
     }
     let stats = app.sandbox.stats();
@@ -382,7 +390,7 @@ async fn measure(
         profile,
         workers,
         orders_per_hour,
-        peak_rss_mib: rss.iter().map(|(_, m)| *m).fold(0.0, f64::max),
+        peak_rss_mib: rss.iter().map(|(_, _, m)| *m).fold(0.0, f64::max),
     })
 }
 
@@ -391,18 +399,6 @@ async fn finished_orders(pool: &PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(
         "SELECT count(*) FROM orders
          WHERE state IN ('shipped', 'backordered', 'cancelled', 'rejected', 'on_hold')",
-    )
-    .fetch_one(pool)
-    .await?)
-}
-
-/// Jobs still to run, imports aside (the scheduler enqueues one every tick,
-/// so [`conveyor_jobs::stats::unfinished_jobs`] is rarely zero while it runs).
-async fn jobs_left(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM apalis.jobs
-         WHERE job_type <> 'import' AND status NOT IN ('Done', 'Killed')
-           AND NOT (status = 'Failed' AND attempts >= max_attempts)",
     )
     .fetch_one(pool)
     .await?)
@@ -441,45 +437,21 @@ fn shares(counts: &BTreeMap<String, i64>) -> String {
     parts.join(", ")
 }
 
-/// Jobs running now, per worker process.
-async fn in_flight(pool: &PgPool) -> anyhow::Result<Vec<(u32, i64)>> {
-    let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
-        "SELECT lock_by, count(*) FROM apalis.jobs WHERE status = 'Running' GROUP BY lock_by",
+/// Worker `i`'s name prefix: a single word, so that it is the part of
+/// every apalis worker name of that process before the first `-`.
+fn worker_prefix(i: usize) -> String {
+    format!("worker{i}")
+}
+
+/// Jobs in `status` per worker process, by its name prefix.
+async fn jobs_per_worker(pool: &PgPool, status: &str) -> anyhow::Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT split_part(lock_by, '-', 1), count(*) FROM apalis.jobs
+         WHERE status = $1 AND lock_by IS NOT NULL GROUP BY 1",
     )
+    .bind(status)
     .fetch_all(pool)
-    .await?;
-    Ok(by_process(rows))
-}
-
-async fn jobs_done_by(pool: &PgPool) -> anyhow::Result<BTreeMap<u32, i64>> {
-    let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
-        "SELECT lock_by, count(*) FROM apalis.jobs WHERE status = 'Done' GROUP BY lock_by",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(by_process(rows).into_iter().collect())
-}
-
-/// Sums per-worker-name counts by the process id in the name
-/// (`{prefix}-{host}-{pid}-{start}-{queue}-r{n}`).
-fn by_process(rows: Vec<(Option<String>, i64)>) -> Vec<(u32, i64)> {
-    let mut sums: BTreeMap<u32, i64> = BTreeMap::new();
-    for (name, count) in rows {
-        if let Some(pid) = name.as_deref().and_then(pid_of_worker) {
-            *sums.entry(pid).or_default() += count;
-        }
-    }
-    sums.into_iter().collect()
-}
-
-fn pid_of_worker(name: &str) -> Option<u32> {
-    // The start time is the first part after the pid that begins with a
-    // digit and holds a 'T'; the pid is the numeric part just before it.
-    let parts: Vec<&str> = name.split('-').collect();
-    let start = parts.iter().position(|p| {
-        p.len() > 8 && p.contains('T') && p.starts_with(|c: char| c.is_ascii_digit())
-    })?;
-    parts.get(start.checked_sub(1)?)?.parse().ok()
+    .await?)
 }
 
 /// Per queue: how many jobs ran, and p50/p95/p99 of the time from being
@@ -593,19 +565,6 @@ fn thousands(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn worker_names_give_their_process_id() {
-        assert_eq!(
-            pid_of_worker("conveyor-worker-box-1-4242-20261121T101500.123-commit-r0"),
-            Some(4242)
-        );
-        assert_eq!(
-            pid_of_worker("conveyor-worker-host-77-20261121T101500.123-reserve-r3"),
-            Some(77)
-        );
-        assert_eq!(pid_of_worker("someone-else"), None);
-    }
 
     #[test]
     fn shares_show_the_largest_first_and_sum_the_rest() {
