@@ -82,11 +82,15 @@ pub async fn run(pool: &PgPool, carrier: &dyn CarrierApi, job: CancelJob) -> Res
         _ => {}
     }
     if state != OrderState::Cancelled {
-        let pushed: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM fulfillments WHERE order_id = $1")
-                .bind(job.order_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        // Through the order's packages: fulfillments has no index of its
+        // own on order_id, and grows with every package shipped.
+        let pushed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM packages p JOIN fulfillments f ON f.package_id = p.id
+             WHERE p.order_id = $1",
+        )
+        .bind(job.order_id)
+        .fetch_one(&mut *tx)
+        .await?;
         if pushed > 0 {
             let reason =
                 format!("the fulfillment of {pushed} package(s) was already pushed to the channel");

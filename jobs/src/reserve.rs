@@ -100,7 +100,8 @@ pub async fn allocate(tx: &mut PgConnection, order_id: i64) -> Result<bool, JobE
     let lines: Vec<(i64, String, i32, i64)> = sqlx::query_as(
         "SELECT l.id, l.sku, l.quantity,
                 COALESCE((SELECT sum(r.quantity) FROM reservations r
-                          WHERE r.order_line_id = l.id AND r.state = 'held'), 0)::bigint
+                          WHERE r.order_id = $1 AND r.order_line_id = l.id
+                            AND r.state = 'held'), 0)::bigint
          FROM order_lines l WHERE l.order_id = $1 AND l.quantity > 0 ORDER BY l.id",
     )
     .bind(order_id)
