@@ -90,8 +90,8 @@ pub struct QueueArgs {
     /// committed).
     #[arg(long, default_value = "target/bench-peers")]
     pub peers_dir: PathBuf,
-    /// Run even when Postgres has fsync or synchronous_commit off (the
-    /// figures are then not comparable).
+    /// Run even when Postgres has fsync, synchronous_commit or autovacuum
+    /// off (the figures are then not comparable).
     #[arg(long)]
     pub allow_unsafe: bool,
 }
@@ -116,12 +116,7 @@ async fn run_queue(args: QueueArgs) -> anyhow::Result<()> {
     let redis = (!args.no_peers).then_some(args.redis_url.as_str());
     let machine = server::describe(&args.database_url, redis).await?;
     print!("{machine}");
-    if !machine.durable() && !args.allow_unsafe {
-        anyhow::bail!(
-            "Postgres runs with fsync or synchronous_commit off: figures would not be comparable. \
-             Turn them on, or pass --allow-unsafe to run anyway."
-        );
-    }
+    machine.ensure_comparable(args.allow_unsafe)?;
     let with_peers = !args.no_peers;
     println!(
         "\n{} jobs per run, enqueued {} at a time; runs per system and concurrency: {}; concurrency {:?}",

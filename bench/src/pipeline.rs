@@ -64,7 +64,8 @@ pub struct PipelineArgs {
     /// Give up on a run after this many minutes.
     #[arg(long, default_value_t = 120)]
     pub timeout_mins: u64,
-    /// Run even when Postgres has fsync or synchronous_commit off.
+    /// Run even when Postgres has fsync, synchronous_commit or autovacuum
+    /// off (the figures are then not comparable).
     #[arg(long)]
     pub allow_unsafe: bool,
 }
@@ -131,12 +132,7 @@ pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     let machine = server::describe(&args.database_url, Some(&args.redis_url)).await?;
     print!("{machine}");
-    if !machine.durable() && !args.allow_unsafe {
-        anyhow::bail!(
-            "Postgres runs with fsync or synchronous_commit off: figures would not be comparable. \
-             Turn them on, or pass --allow-unsafe to run anyway."
-        );
-    }
+    machine.ensure_comparable(args.allow_unsafe)?;
     let most = args.workers.iter().copied().max().unwrap_or(1);
     // Each worker: its pool, plus a listener connection per queue.
     let needed = most as u64 * (u64::from(args.pool) + Queue::ALL.len() as u64) + 30;

@@ -17,10 +17,29 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Both on, or commits are not durable and the figures mean little.
-    pub fn durable(&self) -> bool {
-        self.postgres_setting("fsync") == Some("on")
-            && self.postgres_setting("synchronous_commit") == Some("on")
+    /// Refuses a Postgres set up unlike a production one, unless
+    /// `allow_unsafe`: with `fsync` or `synchronous_commit` off commits are
+    /// not durable; with `autovacuum` off no table ever gets statistics, so
+    /// the plans Postgres caches for the jobs' statements are made for empty
+    /// tables and kept, and jobs slow down as the tables grow.
+    pub fn ensure_comparable(&self, allow_unsafe: bool) -> anyhow::Result<()> {
+        let off: Vec<&str> = ["fsync", "synchronous_commit", "autovacuum"]
+            .into_iter()
+            .filter(|name| self.postgres_setting(name) != Some("on"))
+            .collect();
+        if off.is_empty() || allow_unsafe {
+            return Ok(());
+        }
+        let turn_on: String = off
+            .iter()
+            .map(|name| format!("ALTER SYSTEM SET {name} = on; "))
+            .collect();
+        anyhow::bail!(
+            "Postgres runs with {} off: figures would not be comparable with a production \
+             server's. Turn it on ({turn_on}SELECT pg_reload_conf();), or pass --allow-unsafe \
+             to run anyway.",
+            off.join(" and ")
+        )
     }
 
     /// One of the Postgres settings read (`SHOW name`).
@@ -66,6 +85,7 @@ pub async fn describe(database_url: &str, redis_url: Option<&str>) -> anyhow::Re
         "server_version",
         "fsync",
         "synchronous_commit",
+        "autovacuum",
         "full_page_writes",
         "wal_sync_method",
         "shared_buffers",

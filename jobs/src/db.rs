@@ -31,6 +31,31 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .await
 }
 
+/// Reads the server settings Conveyor's speed depends on and logs a warning
+/// for each that is unlike a production server's. Never an error: the fleet
+/// still runs, only slower.
+pub async fn warn_about_server(pool: &PgPool) {
+    let setting: Result<String, _> = sqlx::query_scalar("SHOW autovacuum").fetch_one(pool).await;
+    match setting {
+        Ok(setting) => {
+            if let Some(warning) = autovacuum_warning(&setting) {
+                tracing::warn!(autovacuum = %setting, "{warning}");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "could not read the server's autovacuum setting"),
+    }
+}
+
+fn autovacuum_warning(setting: &str) -> Option<&'static str> {
+    (setting != "on").then_some(
+        "Postgres has autovacuum off: Conveyor's tables get no planner statistics and no \
+         vacuum, so the plans Postgres caches for the jobs' statements are those made while \
+         the tables were small, finished jobs' row versions are never reclaimed, and every \
+         job slows down as the tables grow. Turn autovacuum on, or run VACUUM ANALYZE on a \
+         schedule.",
+    )
+}
+
 /// A pool for LISTEN connections only, opened lazily: each queue's worker
 /// holds one connection of it for as long as it runs (sqlx's listener keeps
 /// the pooled connection it starts with), so listeners never take the
@@ -118,4 +143,15 @@ pub fn replace_database(url: &str, name: &str) -> anyhow::Result<String> {
     let mut parsed = url::Url::parse(url)?;
     parsed.set_path(&format!("/{name}"));
     Ok(parsed.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn autovacuum_off_is_warned_about() {
+        assert!(autovacuum_warning("off").is_some());
+        assert_eq!(autovacuum_warning("on"), None);
+    }
 }

@@ -84,6 +84,7 @@ impl Deps {
     pub async fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Deps>> {
         let pool =
             crate::db::connect(&settings.database.url, settings.database.max_connections).await?;
+        crate::db::warn_about_server(&pool).await;
         let metrics = Metrics::new();
         let breakers = Breakers::from_settings(settings, metrics.clone())?;
         let limiters = Limiters::from_settings(

@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = load_settings(args.config.as_deref())?;
     let pool = conveyor_jobs::db::connect(&settings.database.url, 4).await?;
+    conveyor_jobs::db::warn_about_server(&pool).await;
     let metrics = Metrics::new();
     let ops = OpsState {
         pool: pool.clone(),
