@@ -14,8 +14,9 @@
 //! `NOTIFY` inside the transaction (apalis's per-row insert trigger, which
 //! Conveyor drops) takes Postgres's database-wide notify lock at commit and
 //! holds it through the commit's WAL flush, so every enqueuing commit of the
-//! fleet would wait for the one before it. Sent on its own, the notification
-//! writes no WAL and holds that lock for microseconds. A wake that is never
+//! fleet would wait for the one before it. Sent in a statement of its own,
+//! which changes no data, the notification's commit does not wait for a WAL
+//! flush, and holds that lock for microseconds. A wake that is never
 //! sent (a crash between commit and wake) costs latency only: workers also
 //! poll every `worker.poll_interval_ms`.
 //!

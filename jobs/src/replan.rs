@@ -231,13 +231,17 @@ async fn audit(
 
 /// Releases every reservation the order still holds (`stock.reserved`
 /// goes down by exactly what was held). The caller holds the order's row
-/// lock. The stock rows of the order's lines and holds are locked first,
-/// in (sku, warehouse) order, so that a reserve job that allocates after
+/// lock. The stock rows of the order's lines and holds are locked in
+/// (sku, warehouse) order, so that a reserve job that allocates after
 /// releasing takes no stock lock out of that order. Returns the units
 /// released.
 pub async fn release_reservations(tx: &mut PgConnection, order_id: i64) -> Result<i64, JobError> {
+    // The reservations are the order's own rows, under its row lock: they
+    // are settled first, and the shared stock rows locked last.
     let held: Units = sqlx::query_as::<_, (String, String, i32)>(
-        "SELECT sku, warehouse, quantity FROM reservations WHERE order_id = $1 AND state = 'held'",
+        "UPDATE reservations SET state = 'released', settled_at = now()
+         WHERE order_id = $1 AND state = 'held'
+         RETURNING sku, warehouse, quantity",
     )
     .bind(order_id)
     .fetch_all(&mut *tx)
@@ -249,19 +253,13 @@ pub async fn release_reservations(tx: &mut PgConnection, order_id: i64) -> Resul
     }
     sqlx::query(
         "SELECT 1 FROM stock
-         WHERE sku IN (SELECT sku FROM order_lines WHERE order_id = $1
-                       UNION SELECT sku FROM reservations WHERE order_id = $1 AND state = 'held')
-         ORDER BY sku, warehouse FOR UPDATE",
+         WHERE sku IN (SELECT sku FROM order_lines WHERE order_id = $1) OR sku = ANY($2)
+         ORDER BY sku, warehouse FOR NO KEY UPDATE",
     )
     .bind(order_id)
+    .bind(held.skus())
     .execute(&mut *tx)
     .await?;
     stock::apply(tx, Change::Release, &held).await?;
-    sqlx::query(
-        "UPDATE reservations SET state = 'released', settled_at = now() WHERE order_id = $1 AND state = 'held'",
-    )
-    .bind(order_id)
-    .execute(&mut *tx)
-    .await?;
     Ok(held.total())
 }

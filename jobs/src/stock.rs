@@ -6,8 +6,11 @@
 //! few statements as it can: a change is one `UPDATE ... FROM unnest(...)`
 //! however many rows it touches. The lock order every job keeps is the
 //! order's row first, then the stock rows in (sku, warehouse) order; the
-//! caller takes the stock locks ([`lock`], or its own `SELECT ... FOR
-//! UPDATE` when it must read the rows too) before it [`apply`]s a change.
+//! caller takes the stock locks ([`lock`], or its own `SELECT ... FOR NO
+//! KEY UPDATE` when it must read the rows too or lock a SKU in every
+//! warehouse) before it [`apply`]s a change. `FOR NO KEY UPDATE`, never
+//! `FOR UPDATE`: no job changes a stock row's key, and the weaker lock does
+//! not block the `FOR KEY SHARE` a reservation's foreign key takes.
 //!
 //! ```no_run
 //! # async fn f(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
@@ -38,6 +41,13 @@ impl Units {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The SKUs of the rows, each once.
+    pub fn skus(&self) -> Vec<&str> {
+        let mut skus: Vec<&str> = self.0.keys().map(|(sku, _)| sku.as_str()).collect();
+        skus.dedup();
+        skus
     }
 
     /// Units over every row.
@@ -160,6 +170,7 @@ mod tests {
             )
         );
         assert_eq!(units.total(), 10);
+        assert_eq!(units.skus(), vec!["HAT", "SOCK-M"]);
         assert!(Units::default().is_empty());
     }
 }
