@@ -1,9 +1,10 @@
 //! Loading catalog, warehouse, stock and restock files into a fresh database.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use conveyor_jobs::catalog::{LoadError, LoadKind, Location, RowError, load_file, parse_file};
-use conveyor_jobs::db;
 use sqlx::PgPool;
 
 const ACTOR: &str = "test:catalog";
@@ -22,10 +23,7 @@ RNO,Reno fulfillment center,1355 Capital Blvd,Reno,NV,89502,us,39.4965,-119.7580
 ";
 
 async fn fresh_pool() -> PgPool {
-    let server = std::env::var("CONVEYOR_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
-    let url = db::fresh_database(&server, "catalog").await.unwrap();
-    db::connect(&url, 4).await.unwrap()
+    common::fresh_pool("catalog", 4).await
 }
 
 /// Writes `contents` to a file named `name` in a new directory under the

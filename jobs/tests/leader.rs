@@ -2,6 +2,8 @@
 //! candidates leads, and another takes over when the leader's session ends
 //! (the process died) or when it stops (SIGTERM).
 
+mod common;
+
 use std::time::Duration;
 
 use conveyor_jobs::db;
@@ -11,11 +13,6 @@ use prometheus::IntGauge;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-fn server_url() -> String {
-    std::env::var("CONVEYOR_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
 
 fn scheduler_settings() -> SchedulerSettings {
     let mut s = Settings::load(None).unwrap().scheduler;
@@ -61,7 +58,9 @@ async fn one_leader(candidates: &[&Candidate], within: Duration) -> usize {
 }
 
 async fn fresh() -> (String, PgPool) {
-    let url = db::fresh_database(&server_url(), "leader").await.unwrap();
+    let url = db::fresh_database(&common::server_url(), "leader")
+        .await
+        .unwrap();
     let pool = db::connect(&url, 2).await.unwrap();
     (url, pool)
 }
@@ -69,7 +68,7 @@ async fn fresh() -> (String, PgPool) {
 async fn drop_database(url: &str, pool: PgPool) {
     pool.close().await;
     let name = url.rsplit('/').next().unwrap().to_string();
-    let admin = db::connect(&server_url(), 1).await.unwrap();
+    let admin = db::connect(&common::server_url(), 1).await.unwrap();
     let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .execute(&admin)

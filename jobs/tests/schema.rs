@@ -1,18 +1,13 @@
 //! The job table's indexes after every migration, against a real Postgres:
 //! each index a job's writes must keep up to date serves a purpose.
 
-use conveyor_jobs::db;
+mod common;
+
 use conveyor_jobs::queue::{NewJob, Queue, enqueue};
 use sqlx::PgPool;
 
-fn server_url() -> String {
-    std::env::var("CONVEYOR_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
-
 async fn fresh() -> PgPool {
-    let url = db::fresh_database(&server_url(), "schema").await.unwrap();
-    db::connect(&url, 2).await.unwrap()
+    common::fresh_pool("schema", 2).await
 }
 
 #[tokio::test]

@@ -2,24 +2,19 @@
 //! its transaction has committed and its wake is sent, and the wake is what
 //! apalis-postgres's listener reads as "a job on this queue".
 
+mod common;
+
 use std::time::Duration;
 
 use apalis_postgres::InsertEvent;
-use conveyor_jobs::db;
 use conveyor_jobs::queue::{NewJob, Queue, Wake, enqueue};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 
 const CHANNEL: &str = "apalis::job::insert";
 
-fn server_url() -> String {
-    std::env::var("CONVEYOR_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
-
 async fn fresh() -> PgPool {
-    let url = db::fresh_database(&server_url(), "wake").await.unwrap();
-    db::connect(&url, 4).await.unwrap()
+    common::fresh_pool("wake", 4).await
 }
 
 /// The next notification on the insert channel, read as apalis reads it.

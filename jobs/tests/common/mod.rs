@@ -1,5 +1,6 @@
-//! A tiny HTTP server for adapter tests: it answers each request with the
-//! next canned reply and records what it was sent.
+//! Support for the crate's integration tests: a tiny HTTP server for the
+//! adapter tests, which answers each request with the next canned reply and
+//! records what it was sent, and fresh databases for the database tests.
 
 #![allow(dead_code)]
 
@@ -231,4 +232,20 @@ pub fn base64(input: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The PostgreSQL server the database tests make their databases on:
+/// `CONVEYOR_TEST_DATABASE_URL`, else the machine's on 5432.
+pub fn server_url() -> String {
+    std::env::var("CONVEYOR_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A pool of `connections` on a new, migrated database named after
+/// `prefix`.
+pub async fn fresh_pool(prefix: &str, connections: u32) -> sqlx::PgPool {
+    let url = conveyor_jobs::db::fresh_database(&server_url(), prefix)
+        .await
+        .unwrap();
+    conveyor_jobs::db::connect(&url, connections).await.unwrap()
 }
